@@ -1,0 +1,50 @@
+# Two commands are the contract (see README): `make demo` and `make test`.
+# Both create .venv when missing and install the project into it: the CPU set on a machine
+# without CUDA (never the CUDA fbgemm-gpu or mamba-ssm), the GPU set where nvidia-smi sees a GPU.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pip's config points at a folder holding the CPU torch wheel; uv does not read pip's config.
+FIND_LINKS := $(shell $(PY) -m pip config get global.find-links 2>/dev/null)
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+EXTRAS := $(if $(HAS_GPU),gpu,cpu),dev
+OVERRIDE := $(if $(HAS_GPU),,--override .ci/overrides-cpu.txt)
+# mamba-ssm and causal-conv1d compile against the installed torch, so torch goes in first.
+TORCH_SPEC := torch>=2.13,<2.14
+TORCH_FIRST := "$(TORCH_SPEC)"
+NO_ISOLATION := $(if $(HAS_GPU),--no-build-isolation-package mamba-ssm --no-build-isolation-package causal-conv1d)
+export UV_COMPILE_BYTECODE := 1
+export UV_FIND_LINKS := $(FIND_LINKS)
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env demo test test-fast lint bench clean
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml .ci/overrides-cpu.txt
+	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install -q uv
+	@[ -x $(BIN)/python ] || $(PY) -m uv venv -q --seed --python $(PY) $(VENV)
+	$(PY) -m uv pip install --python $(BIN)/python $(TORCH_FIRST)
+	$(PY) -m uv pip install --python $(BIN)/python -e ".[$(EXTRAS)]" $(OVERRIDE) $(NO_ISOLATION)
+	@touch $@
+
+demo: env
+	$(BIN)/python -m recsys.demo
+
+test: env
+	$(BIN)/python -m pytest -q -m "not gpu" tests
+
+test-fast: env
+	$(BIN)/python -m pytest -q -m "not gpu and not slow and not distributed" tests
+
+lint: env
+	$(BIN)/ruff check recsys data_prep serving tests benchmarks
+
+bench: env
+	$(BIN)/python -m benchmarks.nested_layers
+
+clean:
+	rm -rf $(VENV) .pytest_cache
