@@ -1,0 +1,162 @@
+"""Structured config schemas for the Hydra configs in ``configs/``.
+
+The YAML files in ``configs/`` only set values; these dataclasses fix the keys and types, so a
+misspelt key or a wrong type fails when Hydra composes the config. :func:`validate` checks the
+values that types cannot (an increasing ladder, a width inside the ladder, positive k...), and
+every message names the offending key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+BUILTIN_DATASETS = ("ml-100k", "ml-1m")
+KNOWN_DATASETS = (*BUILTIN_DATASETS, "amazon", "generic")
+KNOWN_LOSSES = ("full_softmax",)
+
+
+@dataclass
+class DataSchema:
+    name: str = "ml-100k"  # ml-100k | ml-1m (built in) | amazon | generic (prepared by recsys-prep)
+    path: str = MISSING  # processed dataset directory
+    prepare_if_missing: bool = True  # built-in datasets only: run recsys-prep when path is missing
+    max_len: int = 50
+    text_encoder: str = "minilm"
+    image_encoder: str | None = "mobilenet_v2"
+
+
+@dataclass
+class ModelSchema:
+    ladder: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 256, 512, 1024])
+    width: int = 1024  # D: the largest size trained; must be one of the ladder's sizes
+    modalities: list[str] = field(default_factory=lambda: ["text"])
+    use_id_table: bool = False
+    trainable_features: bool = False
+    projector_hidden: int = 0
+
+
+@dataclass
+class BackboneSchema:
+    name: str = "lru"
+    num_blocks: int = 2
+    dropout: float = 0.1
+    ffn_multiplier: int = 4
+    lru_r_min: float = 0.0
+    lru_r_max: float = 0.1
+
+
+@dataclass
+class LossSchema:
+    name: str = "full_softmax"
+    size_weights: list[float] | None = None  # one weight per size of the ladder; None = equal
+
+
+@dataclass
+class TrainerSchema:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_epochs: int = 100
+    batch_size: int = 128
+    optimizer: dict[str, Any] = field(
+        default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.01}
+    )
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    grad_clip: float = 1.0  # max global grad norm; <= 0 disables
+    bf16: bool = False  # bf16 autocast, CUDA only
+    compile: bool = False  # torch.compile the model, CUDA only
+    val_every_n_steps: int = 0  # 0 = validate at the end of every epoch
+    checkpoint_every_n_steps: int = 0  # 0 = only at validations
+    patience: int = 5  # validations without improvement before early stopping; 0 disables
+    monitor: str = "ndcg@10"
+    monitor_size: int | None = None  # None = the largest size
+    log_every_n_steps: int = 10
+    progress: bool = True
+    stop_after_steps: int = 0  # > 0: save a checkpoint and exit after this many steps (simulated kill)
+    deterministic: bool = True
+
+
+@dataclass
+class EvalSchema:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
+    filter_history: bool = False
+    batch_size: int = 256
+
+
+@dataclass
+class RunSchema:
+    data: DataSchema = field(default_factory=DataSchema)
+    model: ModelSchema = field(default_factory=ModelSchema)
+    backbone: BackboneSchema = field(default_factory=BackboneSchema)
+    loss: LossSchema = field(default_factory=LossSchema)
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    eval: EvalSchema = field(default_factory=EvalSchema)
+    name: str = "default"
+    seed: int = 42
+    run_dir: str | None = None  # where the run writes; default: Hydra's output dir (runs/NAME/TIME)
+    resume: str | None = None  # "true": continue run_dir's last checkpoint; or a checkpoint path
+    test_at_end: bool = True
+
+
+def register_schemas() -> None:
+    """Register the schema under the name ``run_schema`` (used first in ``configs/config.yaml``)."""
+    ConfigStore.instance().store(name="run_schema", node=RunSchema)
+
+
+def effective_ladder(model: ModelSchema | DictConfig) -> tuple[int, ...]:
+    """The sizes trained: the ladder up to and including ``model.width``."""
+    return tuple(int(s) for s in model.ladder if int(s) <= int(model.width))
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check values that the schema's types cannot; raise ``ValueError`` naming the key."""
+    if cfg.data.name not in KNOWN_DATASETS:
+        raise ValueError(f"data.name: unknown dataset '{cfg.data.name}'; known: {', '.join(KNOWN_DATASETS)}")
+    if cfg.data.max_len <= 0:
+        raise ValueError(f"data.max_len must be positive, got {cfg.data.max_len}")
+    ladder = [int(s) for s in cfg.model.ladder]
+    if not ladder or any(s <= 0 for s in ladder):
+        raise ValueError(f"model.ladder must be non-empty positive sizes, got {ladder}")
+    if any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise ValueError(f"model.ladder must be strictly increasing, got {ladder}")
+    if cfg.model.width not in ladder:
+        raise ValueError(f"model.width={cfg.model.width} is not a size of model.ladder {ladder}")
+    sizes = effective_ladder(cfg.model)
+    if cfg.loss.name not in KNOWN_LOSSES:
+        raise ValueError(f"loss.name: unknown loss '{cfg.loss.name}'; known: {', '.join(KNOWN_LOSSES)}")
+    if cfg.loss.size_weights is not None:
+        if len(cfg.loss.size_weights) != len(sizes):
+            raise ValueError(
+                f"loss.size_weights has {len(cfg.loss.size_weights)} weights for {len(sizes)} sizes {list(sizes)}"
+            )
+        if any(w < 0 for w in cfg.loss.size_weights) or sum(cfg.loss.size_weights) <= 0:
+            raise ValueError(f"loss.size_weights must be non-negative with a positive sum, got {cfg.loss.size_weights}")
+    if not 0.0 <= cfg.backbone.dropout < 1.0:
+        raise ValueError(f"backbone.dropout must be in [0, 1), got {cfg.backbone.dropout}")
+    if cfg.backbone.num_blocks <= 0:
+        raise ValueError(f"backbone.num_blocks must be positive, got {cfg.backbone.num_blocks}")
+    from recsys.metrics import validate_ks
+
+    try:
+        validate_ks(cfg.eval.ks)
+    except ValueError as err:
+        raise ValueError(f"eval.ks: {err}") from None
+    metric, _, k = cfg.trainer.monitor.partition("@")
+    if metric not in ("recall", "ndcg", "mrr") or not k.isdigit() or int(k) not in cfg.eval.ks:
+        raise ValueError(
+            f"trainer.monitor='{cfg.trainer.monitor}' must be recall@k, ndcg@k or mrr@k with k in eval.ks {list(cfg.eval.ks)}"
+        )
+    if cfg.trainer.monitor_size is not None and cfg.trainer.monitor_size not in sizes:
+        raise ValueError(f"trainer.monitor_size={cfg.trainer.monitor_size} is not a trained size {list(sizes)}")
+    for key in ("max_epochs", "batch_size"):
+        if cfg.trainer[key] <= 0:
+            raise ValueError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
+    if cfg.eval.batch_size <= 0:
+        raise ValueError(f"eval.batch_size must be positive, got {cfg.eval.batch_size}")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

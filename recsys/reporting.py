@@ -1,0 +1,75 @@
+"""Human-facing results: the per-size metrics table, ``metrics.json`` and the metric-vs-size plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: the plot is written to a file and to TensorBoard
+import matplotlib.pyplot as plt  # noqa: E402
+
+SizeMetrics = dict[int, dict[str, float]]
+
+
+def format_table(results: SizeMetrics, columns: list[str] | None = None, title: str = "") -> str:
+    """A fixed-width text table: one row per size, one column per metric."""
+    sizes = sorted(results)
+    columns = columns or sorted(results[sizes[0]], key=_metric_order)
+    header = f"{'size':>6} " + " ".join(f"{c:>10}" for c in columns)
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for d in sizes:
+        lines.append(f"{d:>6} " + " ".join(f"{results[d][c]:>10.4f}" for c in columns))
+    return "\n".join(lines)
+
+
+def _metric_order(name: str) -> tuple[int, int]:
+    metric, _, k = name.partition("@")
+    return ({"recall": 0, "ndcg": 1, "mrr": 2}.get(metric, 3), int(k) if k.isdigit() else 0)
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def jsonable_metrics(results: SizeMetrics) -> dict[str, dict[str, float]]:
+    """JSON keys must be strings: {"64": {"ndcg@10": ...}}."""
+    return {str(d): dict(sorted(m.items(), key=lambda kv: _metric_order(kv[0]))) for d, m in sorted(results.items())}
+
+
+def metrics_vs_size_figure(results: SizeMetrics, title: str = "") -> plt.Figure:
+    """One panel per metric family (Recall, NDCG, MRR), one line per k, size on a log2 axis."""
+    sizes = sorted(results)
+    names = sorted(results[sizes[0]], key=_metric_order)
+    families = sorted({n.partition("@")[0] for n in names}, key=lambda f: _metric_order(f + "@0"))
+    fig, axes = plt.subplots(1, len(families), figsize=(4.5 * len(families), 3.6), squeeze=False)
+    for ax, family in zip(axes[0], families):
+        for name in [n for n in names if n.startswith(family + "@")]:
+            ax.plot(sizes, [results[d][name] for d in sizes], marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sizes, [str(d) for d in sizes])
+        ax.set_xlabel("embedding size d")
+        ax.set_title(family.upper() if family != "ndcg" else "NDCG")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save_metrics_plot(results: SizeMetrics, path: str | Path, title: str = "") -> Path:
+    fig = metrics_vs_size_figure(results, title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,323 @@
+"""Training with the Matryoshka objective, validation at every size, early stopping, resume.
+
+``recsys-train experiment=demo trainer.max_epochs=3`` (Hydra overrides; ``-m`` for sweeps).
+A run directory receives ``config.yaml``, ``checkpoints/{last,best}.pt``, ``tb/``,
+``metrics.json`` and ``metrics_vs_size.png``.
+
+Exact resume: a checkpoint holds the model, optimiser, scheduler and RNG states plus the
+data-order position (epoch, next batch). Epoch ``e``'s order is drawn from ``seed`` and ``e``
+alone, so a resumed run replays the same batches with the same dropout masks as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from recsys.builders import build_dataset, build_model
+from recsys.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from recsys.config import effective_ladder, register_schemas, validate
+from recsys.data import SequenceDataset
+from recsys.evaluate import evaluate_split
+from recsys.model import MatryoshkaRecModel
+from recsys.reporting import (
+    SizeMetrics,
+    format_table,
+    jsonable_metrics,
+    save_metrics_plot,
+    write_json_atomic,
+)
+from recsys.tensorboard import TensorBoardLogger
+
+log = logging.getLogger("recsys.train")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+def _first_not_none(*values: Any) -> Any:
+    return next((v for v in values if v is not None and v != "None"), None)
+
+
+OmegaConf.register_new_resolver("recsys.first", _first_not_none, replace=True)
+register_schemas()
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"trainer.device={name} but no CUDA device is available; use trainer.device=cpu")
+    return device
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float):
+    """LR multiplier: linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class Trainer:
+    """Fits a :class:`MatryoshkaRecModel` on a :class:`SequenceDataset` as configured by ``cfg``."""
+
+    def __init__(self, cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(cfg.seed, cfg.trainer.deterministic)
+        self.device = resolve_device(cfg.trainer.device)
+        self.dataset = dataset if dataset is not None else build_dataset(cfg)
+        self.model: MatryoshkaRecModel = build_model(cfg, self.dataset).to(self.device)
+        self.sizes = effective_ladder(cfg.model)
+        self.size_weights = list(cfg.loss.size_weights) if cfg.loss.size_weights is not None else None
+        self.ks = tuple(cfg.eval.ks)
+        self.batches_per_epoch = self.dataset.num_train_batches(cfg.trainer.batch_size)
+        self.total_steps = cfg.trainer.max_epochs * self.batches_per_epoch
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = instantiate(cfg.trainer.optimizer)(params)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(cfg.trainer.warmup_steps, self.total_steps, cfg.trainer.min_lr_ratio)
+        )
+        self.use_bf16 = bool(cfg.trainer.bf16) and self.device.type == "cuda"
+        self.loss_fn = self.model.loss
+        if cfg.trainer.compile and self.device.type == "cuda":
+            self.loss_fn = torch.compile(self.model.loss)
+        self.monitor_size = cfg.trainer.monitor_size or self.sizes[-1]
+        # training position and early-stopping state (all of it goes into checkpoints)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        self.best_value, self.best_step, self.bad_validations = -math.inf, -1, 0
+        self.val_history: list[dict[str, Any]] = []
+        self.tb = TensorBoardLogger(self.run_dir / "tb", self.sizes, self.ks)
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "best_value": self.best_value,
+            "best_step": self.best_step,
+            "bad_validations": self.bad_validations,
+            "val_history": self.val_history,
+            "sizes": list(self.sizes),
+        }
+
+    def save_checkpoint(self, name: str) -> Path:
+        path = self.ckpt_dir / f"{name}.pt"
+        atomic_torch_save(self.state(), path)
+        return path
+
+    def resume_from(self, path: str | Path) -> None:
+        ckpt = load_checkpoint(path, map_location=self.device)
+        if list(ckpt["sizes"]) != list(self.sizes):
+            raise ValueError(f"checkpoint {path} was trained with sizes {ckpt['sizes']}, config has {list(self.sizes)}")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        for key in ("epoch", "batch_in_epoch", "step", "best_value", "best_step", "bad_validations", "val_history"):
+            setattr(self, key, ckpt[key])
+        log.info("Resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, split: str) -> SizeMetrics:
+        acc = evaluate_split(
+            self.model, self.dataset.split(split), self.ks, self.cfg.eval.filter_history,
+            self.cfg.eval.batch_size, self.device,
+        )
+        return acc.compute()
+
+    def validate(self) -> bool:
+        """Validate, log, keep the best checkpoint; return True when early stopping triggers."""
+        results = self.evaluate("validation")
+        self.tb.log_eval("validation", self.step, results)
+        value = results[self.monitor_size][self.cfg.trainer.monitor]
+        self.val_history.append({"step": self.step, "epoch": self.epoch, "value": value})
+        improved = value > self.best_value
+        if improved:
+            self.best_value, self.best_step, self.bad_validations = value, self.step, 0
+        else:
+            self.bad_validations += 1
+        log.info(
+            "step %d validation %s@d%d = %.4f (best %.4f at step %d)",
+            self.step, self.cfg.trainer.monitor, self.monitor_size, value, self.best_value, self.best_step,
+        )
+        if improved:
+            self.save_checkpoint("best")
+        self.save_checkpoint("last")
+        patience = self.cfg.trainer.patience
+        return patience > 0 and self.bad_validations >= patience
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, list[float]]:
+        inputs, targets = inputs.to(self.device), targets.to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            total, per_size = self.loss_fn(inputs, targets, self.size_weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.cfg.trainer.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return float(total.detach()), [float(x) for x in per_size]
+
+    def fit(self) -> str:
+        """Train until max_epochs, early stopping or ``stop_after_steps``. Returns the reason it stopped."""
+        tcfg = self.cfg.trainer
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not tcfg.progress, desc="train", unit="step")
+        t0, seen = time.perf_counter(), 0
+        try:
+            while self.epoch < tcfg.max_epochs:
+                batches = self.dataset.train_batches(tcfg.batch_size, self.epoch, self.cfg.seed, skip=self.batch_in_epoch)
+                for inputs, targets in batches:
+                    loss, per_size = self.train_step(inputs, targets)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    seen += inputs.shape[0]
+                    bar.update(1)
+                    if self.step % tcfg.log_every_n_steps == 0:
+                        throughput = seen / max(1e-9, time.perf_counter() - t0)
+                        self.tb.log_train(self.step, loss, per_size, self.scheduler.get_last_lr()[0], throughput)
+                        bar.set_postfix(epoch=self.epoch, loss=f"{loss:.3f}", seq_s=f"{throughput:.0f}")
+                        t0, seen = time.perf_counter(), 0
+                    if self.batch_in_epoch == self.batches_per_epoch:  # position: start of next epoch
+                        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+                    stop = False
+                    if tcfg.val_every_n_steps > 0 and self.step % tcfg.val_every_n_steps == 0:
+                        stop = self.validate()
+                    elif tcfg.val_every_n_steps == 0 and self.batch_in_epoch == 0:
+                        stop = self.validate()
+                    elif tcfg.checkpoint_every_n_steps > 0 and self.step % tcfg.checkpoint_every_n_steps == 0:
+                        self.save_checkpoint("last")
+                    if stop:
+                        return "early_stopping"
+                    if 0 < tcfg.stop_after_steps <= self.step:
+                        self.save_checkpoint("last")
+                        return "stop_after_steps"
+                    if self.batch_in_epoch == 0:
+                        break  # epoch finished: draw the next epoch's order
+            return "max_epochs"
+        finally:
+            bar.close()
+
+    # ------------------------------------------------------------------ end of run
+    def test_best(self) -> dict[str, SizeMetrics]:
+        """Evaluate the best checkpoint on validation and (once) on test; write metrics.json + plot."""
+        best = self.ckpt_dir / "best.pt"
+        if best.is_file():
+            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+        results = {"validation": self.evaluate("validation"), "test": self.evaluate("test")}
+        self.tb.log_eval("test", self.step, results["test"])
+        write_json_atomic(
+            {
+                "sizes": list(self.sizes),
+                "ks": list(self.ks),
+                "filter_history": bool(self.cfg.eval.filter_history),
+                "monitor": f"{self.cfg.trainer.monitor}@d{self.monitor_size}",
+                "best_step": self.best_step,
+                "best_validation_value": self.best_value,
+                "validation": jsonable_metrics(results["validation"]),
+                "test": jsonable_metrics(results["test"]),
+            },
+            self.run_dir / "metrics.json",
+        )
+        save_metrics_plot(results["test"], self.run_dir / "metrics_vs_size.png", f"test metrics vs size ({self.cfg.name})")
+        final = {f"test_{m}_d{d}": results["test"][d][m] for d in (self.sizes[0], self.sizes[-1]) for m in ("ndcg@10", "recall@10")}
+        hparams = {
+            "name": self.cfg.name, "backbone": self.cfg.backbone.name, "width": self.sizes[-1],
+            "ladder": str(list(self.sizes)), "lr": self.cfg.trainer.optimizer.lr, "batch_size": self.cfg.trainer.batch_size,
+            "max_len": self.cfg.data.max_len, "num_blocks": self.cfg.backbone.num_blocks,
+            "dropout": self.cfg.backbone.dropout, "seed": self.cfg.seed,
+        }
+        self.tb.log_hparams(hparams, final)
+        return results
+
+
+def resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, Path | None]:
+    """(run directory to write into, checkpoint to resume from or None) for ``cfg.resume``."""
+    if cfg.resume is None or str(cfg.resume).lower() in ("false", "none", ""):
+        return run_dir, None
+    if str(cfg.resume).lower() in ("true", "last"):
+        ckpt = run_dir / "checkpoints" / "last.pt"
+        if not ckpt.is_file():
+            candidates = sorted(run_dir.parent.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+            if not candidates:
+                raise FileNotFoundError(f"resume=true: no checkpoints/last.pt in {run_dir} or its sibling runs")
+            ckpt = candidates[-1]
+        return ckpt.parent.parent, ckpt
+    ckpt = Path(cfg.resume)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"resume={cfg.resume}: no such checkpoint file")
+    return ckpt.parent.parent, ckpt
+
+
+def run(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> dict[str, Any]:
+    """Train (or resume) and test one configuration; the programmatic entry point used by tests."""
+    run_dir, resume_ckpt = resolve_resume(cfg, Path(run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    trainer = Trainer(cfg, run_dir, dataset)
+    if resume_ckpt is not None:
+        trainer.resume_from(resume_ckpt)
+    try:
+        reason = trainer.fit()
+        log.info("training stopped: %s after %d steps", reason, trainer.step)
+        results = None
+        if reason != "stop_after_steps" and cfg.test_at_end:
+            results = trainer.test_best()
+            print(format_table(results["test"], title=f"test metrics per size (best step {trainer.best_step})"))
+    finally:
+        trainer.tb.close()
+    return {"reason": reason, "trainer": trainer, "results": results, "run_dir": run_dir}
+
+
+@hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    out = run(cfg, run_dir)
+    print(f"\nrun directory: {out['run_dir']}\nTensorBoard:   tensorboard --logdir {out['run_dir'] / 'tb'}")
+    if out["results"] is None:
+        return None
+    size = cfg.trainer.monitor_size or effective_ladder(cfg.model)[-1]
+    return out["results"]["validation"][size][cfg.trainer.monitor]  # for Hydra sweepers
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Metric functions against hand-computed values: ties, k beyond the catalog, padding, history."""
+
+import math
+
+import pytest
+import torch
+
+from recsys.metrics import MetricAccumulator, mask_history, metrics_from_ranks, target_ranks, validate_ks
+
+NEG = float("-inf")
+
+
+def test_rank_of_target_counts_strictly_higher_items():
+    scores = torch.tensor([[NEG, 0.1, 0.9, 0.5, 0.3]])  # item 0 = padding
+    assert target_ranks(scores, torch.tensor([3])).tolist() == [1]  # only item 2 beats item 3
+    assert target_ranks(scores, torch.tensor([2])).tolist() == [0]
+    assert target_ranks(scores, torch.tensor([1])).tolist() == [3]
+
+
+def test_ties_count_against_the_target():
+    scores = torch.tensor([[NEG, 0.5, 0.5, 0.5, 0.1]])
+    # two other items tie with the target: rank 2, not 0
+    assert target_ranks(scores, torch.tensor([2])).tolist() == [2]
+    constant = torch.zeros(1, 6)
+    constant[:, 0] = NEG
+    assert target_ranks(constant, torch.tensor([4])).tolist() == [4]  # N-1 = 4
+
+
+def test_padding_column_never_outranks_the_target():
+    scores = torch.tensor([[NEG, 0.2, 0.1]])
+    assert target_ranks(scores, torch.tensor([2])).tolist() == [1]
+
+
+def test_metric_values_by_hand():
+    m = metrics_from_ranks(torch.tensor([0, 1, 4, 9]), ks=[5])
+    assert m["recall@5"].tolist() == [1, 1, 1, 0]
+    expected_ndcg = [1.0, 1 / math.log2(3), 1 / math.log2(6), 0.0]
+    assert torch.allclose(m["ndcg@5"], torch.tensor(expected_ndcg, dtype=torch.float64))
+    assert torch.allclose(m["mrr@5"], torch.tensor([1.0, 0.5, 0.2, 0.0], dtype=torch.float64))
+
+
+def test_k_larger_than_catalog_gives_full_recall():
+    scores = torch.tensor([[NEG, 0.3, 0.2, 0.1]])  # 3 items
+    acc = MetricAccumulator(sizes=(8,), ks=(50,))
+    acc.update(scores[None], torch.tensor([3]))
+    out = acc.compute()[8]
+    assert out["recall@50"] == 1.0
+    assert out["ndcg@50"] == pytest.approx(1 / math.log2(4))
+    assert out["mrr@50"] == pytest.approx(1 / 3)
+
+
+def test_accumulator_averages_users_and_sizes_separately():
+    scores = torch.tensor(
+        [
+            [[NEG, 0.9, 0.1, 0.2], [NEG, 0.1, 0.9, 0.2]],  # size 4: both users rank 0
+            [[NEG, 0.1, 0.9, 0.2], [NEG, 0.1, 0.9, 0.2]],  # size 8: user 0 rank 2, user 1 rank 0
+        ]
+    )
+    acc = MetricAccumulator(sizes=(4, 8), ks=(1, 2))
+    acc.update(scores, torch.tensor([1, 2]))
+    out = acc.compute()
+    assert out[4]["recall@1"] == 1.0
+    assert out[8]["recall@1"] == 0.5
+    assert out[8]["recall@2"] == 0.5
+    assert out[8]["mrr@2"] == pytest.approx(0.5)
+
+
+def test_merged_shards_equal_one_pass():
+    torch.manual_seed(0)
+    scores = torch.randn(3, 10, 21)
+    scores[..., 0] = NEG
+    targets = torch.randint(1, 21, (10,))
+    whole = MetricAccumulator(sizes=(1, 2, 3), ks=(5, 10))
+    whole.update(scores, targets)
+    a, b = MetricAccumulator(sizes=(1, 2, 3), ks=(5, 10)), MetricAccumulator(sizes=(1, 2, 3), ks=(5, 10))
+    a.update(scores[:, :4], targets[:4])
+    b.update(scores[:, 4:], targets[4:])
+    a.merge(b)
+    merged, one_pass = a.compute(), whole.compute()
+    assert a.count == whole.count == 10
+    for size in (1, 2, 3):
+        assert merged[size] == pytest.approx(one_pass[size], abs=1e-12)
+
+
+def test_history_filter_masks_seen_items_but_not_the_target():
+    scores = torch.tensor([[[NEG, 0.9, 0.8, 0.7, 0.1]]])
+    history = torch.tensor([[0, 1, 4]])  # saw items 1 and 4 (0 = padding)
+    masked = mask_history(scores, history, torch.tensor([4]))
+    assert masked[0, 0, 1] == NEG and masked[0, 0, 4] == 0.1 and masked[0, 0, 2] == 0.8
+    assert target_ranks(masked, torch.tensor([3])).tolist() == [[1]]
+
+
+@pytest.mark.parametrize("ks", [[], [0], [5, -1]])
+def test_bad_ks_are_rejected(ks):
+    with pytest.raises(ValueError, match="k"):
+        validate_ks(ks)
