@@ -1,0 +1,66 @@
+"""Every config composes and instantiates; bad values fail with a message naming the key."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from recsys.builders import model_config
+from recsys.config import validate
+from recsys.train import CONFIG_DIR
+
+GROUPS = ["data", "model", "backbone", "loss", "trainer", "eval", "experiment"]
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def all_options():
+    for group in GROUPS:
+        for path in sorted((Path(CONFIG_DIR) / group).glob("*.yaml")):
+            yield f"{group}={path.stem}"
+
+
+@pytest.mark.parametrize("override", list(all_options()))
+def test_every_config_composes_validates_and_instantiates(override):
+    cfg = compose_cfg(override)
+    validate(cfg)
+    optimizer_factory = instantiate(cfg.trainer.optimizer)
+    assert callable(optimizer_factory)
+    mc = model_config(cfg)
+    assert mc.ladder[-1] == cfg.model.width
+
+
+def test_typo_in_a_key_fails_at_composition():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)):
+        compose_cfg("trainer.max_epoch=3")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["data.name=netflix"], "unknown dataset 'netflix'"),
+        (["model.ladder=[8,32,16]", "model.width=16"], "strictly increasing"),
+        (["model.width=100"], "model.width=100 is not a size"),
+        (["eval.ks=[0,10]"], "eval.ks"),
+        (["eval.ks=[5,-10]", "trainer.monitor=ndcg@5"], "eval.ks"),
+        (["trainer.monitor=ndcg@7"], "trainer.monitor"),
+        (["loss.size_weights=[1,2]"], "loss.size_weights has 2 weights"),
+        (["backbone.dropout=1.5"], "backbone.dropout"),
+        (["trainer.monitor_size=12"], "trainer.monitor_size=12"),
+    ],
+)
+def test_bad_values_fail_with_a_clear_message(overrides, message):
+    cfg = compose_cfg(*overrides)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        validate(cfg)
+
+
+def test_width_truncates_the_ladder():
+    cfg = compose_cfg("model.width=256")
+    assert model_config(cfg).ladder == (8, 16, 32, 64, 128, 256)
