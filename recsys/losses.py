@@ -1,0 +1,162 @@
+"""Scores at every size and the Matryoshka cross-entropy, fused.
+
+Size-d score of position p and item i: ``h[p, :d] . E[i, :d]``. All M sizes at once: per-chunk
+partial scores ``h[:, a:b] @ E[:, a:b]^T`` (chunk j = dims [s_{j-1}:s_j]) summed cumulatively
+over chunks, so all sizes cost the FLOPs of ONE full (P, D) x (D, N+1) GEMM instead of M.
+
+Loss: ``sum_m w_m * CE_m`` with CE_m the mean over positions of the full-softmax cross-entropy
+at size s_m; item 0 (padding) is excluded from the softmax. Weights default to equal and are
+normalised to sum to 1, so the loss is on the scale of one cross-entropy whatever M is.
+
+Training memory: ``matryoshka_cross_entropy`` goes over positions in chunks sized so the
+(M, chunk, N+1) logits fit ``budget_bytes``, and computes the gradients w.r.t. h and E chunk by
+chunk inside the forward pass (a custom autograd function): the logits of a chunk are freed
+before the next is built, so memory is bounded by one chunk, never M x P x (N+1).
+With G_m = dLoss/dlogits_m, the gradient of chunk c is R_c = sum_{m >= c} G_m (a reverse
+cumulative sum), dh[:, c] = R_c E[:, c] and dE[:, c] = R_c^T h[:, c]: again one GEMM's FLOPs each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from recsys.nn.nested import chunk_bounds
+
+DEFAULT_BUDGET_BYTES = 1 << 30
+
+
+def size_weights_tensor(ladder: Sequence[int], size_weights: Sequence[float] | None) -> torch.Tensor:
+    """(M,) float weights normalised to sum 1 (equal when None); ValueError on bad weights."""
+    if size_weights is None:
+        return torch.full((len(ladder),), 1.0 / len(ladder))
+    w = torch.as_tensor(list(size_weights), dtype=torch.float32)
+    if w.shape != (len(ladder),) or bool((w < 0).any()) or float(w.sum()) <= 0:
+        raise ValueError(
+            f"size_weights must be {len(ladder)} non-negative numbers with a positive sum, got {list(size_weights)}"
+        )
+    return w / w.sum()
+
+
+def all_size_logits(hidden: torch.Tensor, items: torch.Tensor, ladder: Sequence[int]) -> torch.Tensor:
+    """hidden (P, D), items (N+1, D) -> (M, P, N+1): logits at every size of the ladder.
+
+    Example::
+
+        >>> all_size_logits(torch.randn(2, 4), torch.randn(5, 4), (2, 4)).shape
+        torch.Size([2, 2, 5])
+    """
+    bounds = chunk_bounds(ladder)
+    if torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad):
+        partials = [hidden[:, a:b] @ items[:, a:b].T for a, b in bounds]  # M x (P, N+1)
+        return torch.stack(partials).cumsum(0)
+    out = hidden.new_empty(len(bounds), hidden.shape[0], items.shape[0])
+    for j, (a, b) in enumerate(bounds):
+        if j == 0:
+            torch.mm(hidden[:, a:b], items[:, a:b].T, out=out[0])
+        else:
+            torch.addmm(out[j - 1], hidden[:, a:b], items[:, a:b].T, out=out[j])
+    return out
+
+
+def positions_per_chunk(num_sizes: int, num_rows: int, budget_bytes: int) -> int:
+    """Positions per chunk so that (M, chunk, N+1) fp32 logits fit in ``budget_bytes`` (at least 1)."""
+    return max(1, budget_bytes // (4 * num_sizes * num_rows))
+
+
+def _chunk_loss(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    items: torch.Tensor,
+    ladder: Sequence[int],
+    weights: torch.Tensor,
+    scale: float,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """One chunk of positions, no autograd: summed CE per size (M,) and, if asked, dL/dh (p, D),
+    dL/dE (N+1, D) of ``scale * sum_m w_m * sum_p CE_m[p]``."""
+    logits = all_size_logits(hidden, items, ladder)  # (M, p, N+1)
+    logits[:, :, 0] = float("-inf")  # padding is never a candidate
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    target_logit = logits[:, rows, targets]  # (M, p)
+    lse = torch.logsumexp(logits, dim=-1)  # (M, p)
+    ce_sum = (lse - target_logit).sum(1)  # (M,)
+    if not need_grad:
+        return ce_sum, None, None
+    grad = logits.sub_(lse[..., None]).exp_()  # softmax, in place: (M, p, N+1)
+    grad[:, rows, targets] -= 1.0
+    grad.mul_((weights * scale).to(grad.dtype)[:, None, None])  # G_m
+    for m in range(grad.shape[0] - 2, -1, -1):
+        grad[m] += grad[m + 1]  # R_c = sum_{m >= c} G_m
+    grad_h = torch.empty_like(hidden)
+    grad_items = torch.zeros_like(items)
+    for c, (a, b) in enumerate(chunk_bounds(ladder)):
+        torch.mm(grad[c], items[:, a:b], out=grad_h[:, a:b])
+        grad_items[:, a:b] = grad[c].T @ hidden[:, a:b]
+    return ce_sum, grad_h, grad_items
+
+
+class _FusedMatryoshkaCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, targets, items, ladder, weights, budget_bytes):
+        chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
+        num = hidden.shape[0]
+        per_size = hidden.new_zeros(len(ladder))
+        grad_h = torch.empty_like(hidden)
+        grad_items = torch.zeros_like(items)
+        for start in range(0, num, chunk):
+            ce, gh, gi = _chunk_loss(
+                hidden[start : start + chunk],
+                targets[start : start + chunk],
+                items,
+                ladder,
+                weights,
+                1.0 / num,
+                True,
+            )
+            per_size += ce
+            grad_h[start : start + chunk] = gh
+            grad_items += gi
+        per_size /= num
+        ctx.save_for_backward(grad_h, grad_items)
+        ctx.mark_non_differentiable(per_size)
+        return (weights.to(per_size.dtype) * per_size).sum(), per_size
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_per_size):
+        grad_h, grad_items = ctx.saved_tensors
+        return grad_h * grad_total, None, grad_items * grad_total, None, None, None
+
+
+def matryoshka_cross_entropy(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    items: torch.Tensor,
+    ladder: Sequence[int],
+    size_weights: Sequence[float] | None = None,
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matryoshka full-softmax cross-entropy.
+
+    hidden (P, D) at the positions to score, targets (P,) item ids in 1..N, items (N+1, D).
+    Returns (total scalar = sum_m w_m CE_m, per_size (M,) detached mean CE at each size).
+    Differentiable w.r.t. hidden and items (gradients computed chunk by chunk in the forward).
+    """
+    weights = size_weights_tensor(ladder, size_weights).to(hidden.device)
+    if hidden.shape[0] == 0:
+        raise ValueError("matryoshka_cross_entropy needs at least one position")
+    if torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad):
+        total, per_size = _FusedMatryoshkaCE.apply(
+            hidden, targets, items, tuple(ladder), weights, budget_bytes
+        )
+        return total, per_size.detach()
+    chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
+    per_size = (
+        sum(
+            _chunk_loss(hidden[s : s + chunk], targets[s : s + chunk], items, ladder, weights, 1.0, False)[0]
+            for s in range(0, hidden.shape[0], chunk)
+        )
+        / hidden.shape[0]
+    )
+    return (weights.to(per_size.dtype) * per_size).sum(), per_size

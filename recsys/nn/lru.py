@@ -1,0 +1,121 @@
+"""LRU backbone (LRURec): linear recurrent units with a parallel scan, fully nested.
+
+One LRU layer, per position t of a (B, L, D) sequence::
+
+    lambda = exp(-exp(nu) + i*exp(theta))              (D,) complex, |lambda| < 1
+    h_t    = lambda * h_{t-1} + gamma * (B x_t)         (B, L, D) complex, gamma = exp(gamma_log)
+    y_t    = Re(C h_t) + skip * x_t                     (B, L, D)
+
+Nesting: B (real and imaginary parts) and C (real and imaginary parts) are NestedLinear D -> D,
+and nu, theta, gamma_log, skip are elementwise, sliced ``[:d]``. State chunk j is thus driven by
+input chunks <= j only and output chunk j reads state chunks <= j only.
+
+The recurrence is a first-order linear scan, solved in O(log L) depth by recursive doubling
+(Hillis-Steele) on pairs (a_t, b_t) with h_t = a_t h_{t-1} + b_t. Padding positions get a = 1,
+b = 0: they never change the state, wherever they are.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from recsys.nn.backbone import Backbone, register_backbone
+from recsys.nn.nested import NestedGatedFFN, NestedLayerNorm, NestedLinear
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t with h_{-1} = 0, over dim 1, in ceil(log2 L) steps.
+
+    a, b: (B, L, ...) (real or complex, broadcastable to the same shape) -> h (B, L, ...).
+    """
+    a, b = torch.broadcast_tensors(a, b)
+    length, offset = b.shape[1], 1
+    while offset < length:
+        # After this step, (a_t, b_t) composes the 2*offset steps ending at t.
+        b = torch.cat([b[:, :offset], b[:, offset:] + a[:, offset:] * b[:, :-offset]], dim=1)
+        a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], dim=1)
+        offset *= 2
+    return b
+
+
+class LRU(nn.Module):
+    """One linear recurrent unit (B, L, D) -> (B, L, D); state size D complex, nested."""
+
+    def __init__(
+        self, ladder: tuple[int, ...], r_min: float = 0.0, r_max: float = 0.1, max_phase: float = 2 * math.pi
+    ):
+        super().__init__()
+        width = ladder[-1]
+        # Ring init (Orvieto et al. 2023): |lambda| uniform on the ring [r_min, r_max] in area.
+        u1 = torch.rand(width).clamp_min(1e-6)
+        u2 = torch.rand(width).clamp_min(1e-6)
+        nu_log = torch.log(-0.5 * torch.log(u1 * (r_max**2 - r_min**2) + r_min**2))
+        theta_log = torch.log(max_phase * u2)
+        modulus = torch.exp(-torch.exp(nu_log))
+        self.nu_log = nn.Parameter(nu_log)
+        self.theta_log = nn.Parameter(theta_log)
+        self.gamma_log = nn.Parameter(torch.log(torch.sqrt(1 - modulus**2)))  # keeps E|h|^2 ~ E|Bx|^2
+        self.skip = nn.Parameter(torch.randn(width) / math.sqrt(width))
+        self.B_re = NestedLinear(ladder, bias=False)
+        self.B_im = NestedLinear(ladder, bias=False)
+        self.C_re = NestedLinear(ladder, bias=False)
+        self.C_im = NestedLinear(ladder, bias=False)
+
+    def eigenvalues(self) -> torch.Tensor:
+        """(D,) complex lambda."""
+        return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
+        gamma = torch.exp(self.gamma_log)  # (D,)
+        real = pad_mask[..., None]  # (B, L, 1)
+        bx = torch.complex(self.B_re(x) * gamma, self.B_im(x) * gamma) * real  # (B, L, D) complex
+        decay = torch.where(real, self.eigenvalues(), torch.ones_like(self.eigenvalues()))  # (B, L, D)
+        h = linear_scan(decay, bx)  # (B, L, D) complex
+        return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x
+
+    def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
+        state = {n: getattr(self, n)[:d] for n in ("nu_log", "theta_log", "gamma_log", "skip")}
+        for name in ("B_re", "B_im", "C_re", "C_im"):
+            state.update({f"{name}.{k}": v for k, v in getattr(self, name).sliced_state(d).items()})
+        return state
+
+
+class LRUBlock(nn.Module):
+    """Pre-norm residual block: x + Drop(LRU(LN(x))), then x + Drop(FFN(LN(x))). (B, L, D) -> (B, L, D)."""
+
+    def __init__(
+        self, ladder: tuple[int, ...], ffn_multiplier: int, dropout: float, r_min: float, r_max: float
+    ):
+        super().__init__()
+        self.norm1 = NestedLayerNorm(ladder)
+        self.lru = LRU(ladder, r_min, r_max)
+        self.norm2 = NestedLayerNorm(ladder)
+        self.ffn = NestedGatedFFN(ladder, ffn_multiplier, dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.lru(self.norm1(x), pad_mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+@register_backbone("lru")
+class LRUBackbone(Backbone):
+    """``num_blocks`` LRU blocks then a final NestedLayerNorm. (B, L, D) -> (B, L, D)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        ladder = tuple(config.ladder)
+        self.blocks = nn.ModuleList(
+            LRUBlock(ladder, config.ffn_multiplier, config.dropout, config.lru_r_min, config.lru_r_max)
+            for _ in range(config.num_blocks)
+        )
+        self.norm = NestedLayerNorm(ladder)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, pad_mask)
+        return self.norm(x)

@@ -1,0 +1,196 @@
+"""Nested (Matryoshka) layers: the fMRLRec operator and its companions.
+
+A *ladder* ``(s_1 < s_2 < ... < s_M = D)`` cuts a width-D vector into M chunks; chunk j spans
+dims ``[s_{j-1}:s_j]`` (``s_0 = 0``). A tensor of width ``k*D`` is cut the same way, scaled:
+chunk j spans ``[k*s_{j-1}:k*s_j]``. The slicing invariant says that for every size d in the
+ladder, the first d dims (k*d for a k*D tensor) of every activation depend only on the first d
+dims of the input and on the ``[:d]`` slice of every weight. The layers here keep it:
+
+- ``NestedLinear``: block lower-triangular weight. Output chunk j reads only inputs
+  ``[:k_in*s_j]``. Trained as ONE GEMM with a fixed 0/1 mask multiplied into the weight.
+- ``NestedLayerNorm``: statistics per chunk, so a width-d model never sees later dims.
+
+Every nested module answers ``sliced_state(d)``: its state dict cut to the width-d model. The
+walker ``sliced_state_dict(module, d)`` assembles the whole model's, and fails loudly on a
+parameter whose nesting nobody declared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def validate_ladder(ladder: Sequence[int]) -> tuple[int, ...]:
+    """Return the ladder as a tuple; ValueError unless it is non-empty, positive, strictly increasing."""
+    ladder = tuple(ladder)
+    if not ladder or any(not isinstance(s, int) or isinstance(s, bool) or s <= 0 for s in ladder):
+        raise ValueError(f"ladder must be a non-empty sequence of positive ints, got {ladder}")
+    if any(b <= a for a, b in zip(ladder, ladder[1:])):
+        raise ValueError(f"ladder must be strictly increasing, got {ladder}")
+    return ladder
+
+
+def truncate_ladder(ladder: Sequence[int], d: int) -> tuple[int, ...]:
+    """The ladder of the width-d model: ``ladder`` up to and including d (ValueError if d is not a rung)."""
+    ladder = tuple(ladder)
+    if d not in ladder:
+        raise ValueError(f"size {d} is not in the ladder {ladder}")
+    return ladder[: ladder.index(d) + 1]
+
+
+def chunk_bounds(ladder: Sequence[int], k: int = 1) -> list[tuple[int, int]]:
+    """``[(k*s_{j-1}, k*s_j)]`` for every chunk j of a width ``k*D`` tensor."""
+    starts = (0, *ladder[:-1])
+    return [(k * a, k * b) for a, b in zip(starts, ladder)]
+
+
+def chunk_index(ladder: Sequence[int], k: int = 1) -> torch.Tensor:
+    """(k*D,) long: the chunk each dim of a width ``k*D`` tensor belongs to."""
+    sizes = [b - a for a, b in chunk_bounds(ladder, k)]
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+
+
+def block_mask(ladder: Sequence[int], k_out: int = 1, k_in: int = 1) -> torch.Tensor:
+    """(k_out*D, k_in*D) float 0/1: row r of chunk j may read column c iff ``c < k_in*s_j``."""
+    ends = torch.tensor(ladder)[chunk_index(ladder, k_out)] * k_in  # (k_out*D,) readable prefix per row
+    cols = torch.arange(k_in * ladder[-1])
+    return (cols[None, :] < ends[:, None]).float()
+
+
+class NestedLinear(nn.Module):
+    """Linear map (..., k_in*D) -> (..., k_out*D) whose output chunk j reads inputs ``[:k_in*s_j]``.
+
+    The logical weight is block lower-triangular; it is stored dense and multiplied by a fixed
+    mask buffer, so training is one GEMM and the masked entries get exactly zero gradient.
+    With ``in_features`` set, the input is not nested (e.g. raw item features of width F): every
+    row reads every input and only the rows (and bias) are sliced.
+
+    Example::
+
+        >>> lin = NestedLinear((2, 4), k_in=1, k_out=2)
+        >>> lin(torch.randn(3, 4)).shape
+        torch.Size([3, 8])
+    """
+
+    def __init__(
+        self,
+        ladder: Sequence[int],
+        k_in: int = 1,
+        k_out: int = 1,
+        bias: bool = True,
+        in_features: int | None = None,
+    ):
+        super().__init__()
+        self.ladder = validate_ladder(ladder)
+        self.k_in, self.k_out, self.nested_input = k_in, k_out, in_features is None
+        width = self.ladder[-1]
+        fan_in = in_features if in_features is not None else k_in * width
+        self.weight = nn.Parameter(torch.empty(k_out * width, fan_in))
+        self.bias = nn.Parameter(torch.empty(k_out * width)) if bias else None
+        if self.nested_input:
+            self.register_buffer("mask", block_mask(self.ladder, k_out, k_in), persistent=False)
+        else:
+            self.mask = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Uniform(+-1/sqrt(fan_in)) per row, fan_in = inputs the row can read (not k_in*D), so
+        # every chunk starts variance-preserving whatever its position in the ladder.
+        fan = (
+            self.mask.sum(1)
+            if self.mask is not None
+            else torch.full((self.weight.shape[0],), 1.0 * self.weight.shape[1])
+        )
+        bound = (1.0 / fan.sqrt())[:, None]
+        with torch.no_grad():
+            self.weight.copy_((torch.rand_like(self.weight) * 2 - 1) * bound)
+            if self.bias is not None:
+                self.bias.copy_((torch.rand_like(self.bias) * 2 - 1) * bound[:, 0])
+
+    def effective_weight(self) -> torch.Tensor:
+        """(k_out*D, k_in*D or F): the weight as applied (masked entries zero)."""
+        return self.weight if self.mask is None else self.weight * self.mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., k_in*D or F) -> (..., k_out*D)."""
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
+        rows = self.k_out * d
+        cols = self.k_in * d if self.nested_input else self.weight.shape[1]
+        state = {"weight": self.weight[:rows, :cols]}
+        if self.bias is not None:
+            state["bias"] = self.bias[:rows]
+        return state
+
+    def extra_repr(self) -> str:
+        return f"ladder={self.ladder}, k_in={self.k_in}, k_out={self.k_out}, nested_input={self.nested_input}"
+
+
+class NestedLayerNorm(nn.Module):
+    """LayerNorm with statistics per ladder chunk: (..., D) -> (..., D).
+
+    Chunk j is normalised by the mean and variance of its own dims ``[s_{j-1}:s_j]`` only, so
+    the first d dims never see statistics of later ones (one fused layer_norm kernel per chunk,
+    the same kernels in the width-d model, hence bit-identical). gamma/beta are sliced ``[:d]``.
+    """
+
+    def __init__(self, ladder: Sequence[int], eps: float = 1e-5):
+        super().__init__()
+        self.ladder, self.eps = validate_ladder(ladder), eps
+        self.sizes = [b - a for a, b in chunk_bounds(self.ladder)]
+        self.weight = nn.Parameter(torch.ones(self.ladder[-1]))
+        self.bias = nn.Parameter(torch.zeros(self.ladder[-1]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., D) -> (..., D)."""
+        chunks = [F.layer_norm(c, (c.shape[-1],), eps=self.eps) for c in x.split(self.sizes, dim=-1)]
+        return torch.cat(chunks, dim=-1) * self.weight + self.bias
+
+    def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight[:d], "bias": self.bias[:d]}
+
+
+class NestedGatedFFN(nn.Module):
+    """Gated FFN (..., D) -> (..., D): ``down(silu(gate(x)) * up(x))``, hidden width k*D, all nested."""
+
+    def __init__(self, ladder: Sequence[int], multiplier: int = 4, dropout: float = 0.0):
+        super().__init__()
+        self.gate = NestedLinear(ladder, k_in=1, k_out=multiplier)
+        self.up = NestedLinear(ladder, k_in=1, k_out=multiplier)
+        self.down = NestedLinear(ladder, k_in=multiplier, k_out=1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = F.silu(self.gate(x)) * self.up(x)  # (..., k*D), chunk j at [k*s_{j-1}:k*s_j]
+        return self.down(self.dropout(hidden))
+
+
+def sliced_state_dict(module: nn.Module, d: int) -> dict[str, torch.Tensor]:
+    """State dict of the width-d model cut from ``module`` (cloned, contiguous).
+
+    A submodule with ``sliced_state(d)`` answers for its whole subtree; other submodules are
+    walked. A parameter or persistent buffer that no ``sliced_state`` covers is an error, so a
+    new layer cannot silently break the slicing invariant.
+    """
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(mod: nn.Module, prefix: str) -> None:
+        if hasattr(mod, "sliced_state"):
+            for name, t in mod.sliced_state(d).items():
+                out[prefix + name] = t.detach().clone().contiguous()
+            return
+        own = list(mod.named_parameters(recurse=False)) + [
+            (n, b) for n, b in mod.named_buffers(recurse=False) if n not in mod._non_persistent_buffers_set
+        ]
+        if own:
+            raise TypeError(f"{type(mod).__name__} at '{prefix}' has parameters but no sliced_state(d)")
+        for name, child in mod.named_children():
+            walk(child, f"{prefix}{name}.")
+
+    walk(module, "")
+    return out

@@ -1,0 +1,75 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys.losses import all_size_logits, matryoshka_cross_entropy, positions_per_chunk, size_weights_tensor
+
+LADDER = (4, 12, 40)
+
+
+def naive_loss(hidden, targets, items, ladder, weights):
+    per_size = []
+    for d in ladder:
+        logits = hidden[:, :d] @ items[:, :d].T
+        logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], 1)
+        per_size.append(F.cross_entropy(logits, targets))
+    per_size = torch.stack(per_size)
+    return (weights * per_size).sum(), per_size
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_all_size_logits_equals_naive_per_size_matmul(grad):
+    torch.manual_seed(0)
+    hidden, items = torch.randn(7, 40, requires_grad=grad), torch.randn(21, 40)
+    with torch.set_grad_enabled(grad):
+        fused = all_size_logits(hidden, items, LADDER)
+    assert fused.shape == (3, 7, 21)
+    for m, d in enumerate(LADDER):
+        torch.testing.assert_close(fused[m], hidden[:, :d] @ items[:, :d].T, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 3 * 4 * 21 * 2, 1])  # one chunk, chunks of 2, chunks of 1
+@pytest.mark.parametrize("weights", [None, [0.0, 1.0, 3.0]])
+def test_chunked_fused_loss_equals_unchunked_naive_loss_and_grads(budget, weights):
+    torch.manual_seed(0)
+    hidden = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(21, 40, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 21, (9,))
+    w = size_weights_tensor(LADDER, weights).double()
+    total, per_size = matryoshka_cross_entropy(hidden, targets, items, LADDER, weights, budget_bytes=budget)
+    assert not per_size.requires_grad and per_size.shape == (3,)
+    ref_total, ref_per_size = naive_loss(hidden, targets, items, LADDER, w)
+    torch.testing.assert_close(total, ref_total)
+    torch.testing.assert_close(per_size, ref_per_size.detach())
+    g = torch.autograd.grad(2.5 * total, (hidden, items))
+    g_ref = torch.autograd.grad(2.5 * ref_total, (hidden, items))
+    torch.testing.assert_close(g[0], g_ref[0])
+    torch.testing.assert_close(g[1], g_ref[1])
+    with torch.no_grad():
+        total_ng, per_size_ng = matryoshka_cross_entropy(
+            hidden, targets, items, LADDER, weights, budget_bytes=budget
+        )
+    torch.testing.assert_close(total_ng, ref_total.detach())
+
+
+def test_loss_on_one_size_leaves_later_dims_without_gradient():
+    hidden = torch.randn(5, 40, requires_grad=True)
+    items = torch.randn(11, 40, requires_grad=True)
+    total, _ = matryoshka_cross_entropy(hidden, torch.randint(1, 11, (5,)), items, LADDER, [0, 1, 0])
+    total.backward()
+    assert bool((hidden.grad[:, 12:] == 0).all()) and bool((items.grad[:, 12:] == 0).all())
+    assert bool((hidden.grad[:, :12] != 0).any())
+    assert bool((items.grad[0] == 0).all())  # padding is never a candidate
+
+
+def test_size_weights_default_equal_and_validated():
+    torch.testing.assert_close(size_weights_tensor(LADDER, None), torch.full((3,), 1 / 3))
+    torch.testing.assert_close(size_weights_tensor(LADDER, [1, 1, 2]), torch.tensor([0.25, 0.25, 0.5]))
+    for bad in ([1, 1], [-1, 1, 1], [0, 0, 0]):
+        with pytest.raises(ValueError, match="size_weights"):
+            size_weights_tensor(LADDER, bad)
+
+
+def test_positions_per_chunk_respects_budget():
+    assert positions_per_chunk(8, 20_001, 1 << 30) * 8 * 20_001 * 4 <= 1 << 30
+    assert positions_per_chunk(8, 20_001, 1) == 1

@@ -1,0 +1,92 @@
+import dataclasses
+
+import pytest
+import torch
+
+from recsys.model import ModelConfig
+from recsys.nn import Backbone, build_backbone, register_backbone, registered_backbones
+from recsys.nn.lru import linear_scan
+
+
+def sequential_scan(a, b):
+    h, out = torch.zeros_like(b[:, 0]), []
+    for t in range(b.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 16, 33])
+def test_parallel_scan_equals_sequential_loop_forward_and_grad(length):
+    torch.manual_seed(length)
+    lam = torch.polar(torch.rand(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 6.28)
+    real = torch.ones(3, length, 1, dtype=torch.bool)
+    real[0, : length // 2] = False  # left padding
+    real[1, : length - 1] = False
+    b = torch.complex(
+        torch.randn(3, length, 5, dtype=torch.float64), torch.randn(3, length, 5, dtype=torch.float64)
+    )
+    b = (b * real).requires_grad_()
+    lam_param = lam.clone().requires_grad_()
+    outs, grads = [], []
+    for scan in (linear_scan, sequential_scan):
+        a = torch.where(real, lam_param, torch.ones_like(lam_param))
+        h = scan(a, b)
+        loss = (h.real * torch.arange(5.0, dtype=torch.float64)).sum() + h.imag.pow(2).sum()
+        outs.append(h)
+        grads.append(torch.autograd.grad(loss, (b, lam_param), materialize_grads=True))
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    assert bool((outs[0][0, : length // 2] == 0).all())
+
+
+def small_config(**kw):
+    return ModelConfig(**{"ladder": (4, 12, 40), "num_blocks": 2, "dropout": 0.0, **kw})
+
+
+def test_left_padding_does_not_change_the_real_positions():
+    torch.manual_seed(0)
+    backbone = build_backbone("lru", small_config()).eval()
+    x = torch.randn(1, 6, 40)
+    unpadded = backbone(x, torch.ones(1, 6, dtype=torch.bool))
+    padded_x = torch.cat([torch.randn(1, 4, 40), x], 1)
+    mask = torch.tensor([[False] * 4 + [True] * 6])
+    torch.testing.assert_close(backbone(padded_x, mask)[:, 4:], unpadded, rtol=1e-5, atol=1e-5)
+
+
+def test_lru_backbone_slice_equals_prefix_of_full_output():
+    torch.manual_seed(0)
+    backbone = build_backbone("lru", small_config()).eval()
+    x = torch.randn(2, 9, 40)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[0, :3] = False
+    y = backbone(x, mask)
+    for d in (4, 12, 40):
+        small = backbone.slice(d)
+        assert small.config.ladder[-1] == d and not small.training
+        torch.testing.assert_close(small(x[..., :d], mask), y[..., :d], rtol=1e-5, atol=1e-5)
+
+
+def test_lru_eigenvalues_start_in_the_ring():
+    from recsys.nn.lru import LRU
+
+    lru = LRU((8, 64), r_min=0.2, r_max=0.5)
+    modulus = lru.eigenvalues().abs()
+    assert bool((modulus >= 0.2 - 1e-6).all()) and bool((modulus <= 0.5 + 1e-6).all())
+
+
+def test_backbone_registry_builds_registered_and_rejects_unknown():
+    assert "lru" in registered_backbones()
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("nope", small_config())
+
+    @register_backbone("identity_for_test")
+    class Identity(Backbone):
+        def forward(self, x, pad_mask):
+            return x
+
+    config = dataclasses.replace(small_config(), backbone="identity_for_test")
+    assert isinstance(build_backbone("identity_for_test", config), Identity)
+    with pytest.raises(ValueError, match="already registered"):
+        register_backbone("lru")(Identity)
