@@ -1,0 +1,161 @@
+"""Top-K recommendation over original item ids from one serving artifact.
+
+Request rules (the HTTP app applies the same ones, see docs/serving.md):
+
+- item ids are the dataset's original ids (strings; ints are accepted and compared as strings);
+- unknown ids are ignored and reported back (``unknown_items``); if no known id remains the
+  request is rejected (:class:`RequestError`, 422); an empty history is rejected (422);
+- a history longer than ``max_len`` keeps its most recent ``max_len`` items (``truncated``);
+- ``1 <= k <= catalog size`` (else 422); with ``exclude_seen`` every known history item is
+  removed from the ranking, so fewer than k items come back when fewer remain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from serving.artifact import Artifact
+
+
+class RequestError(ValueError):
+    """A bad request; ``status_code`` is the HTTP status the app answers with."""
+
+    def __init__(self, message: str, status_code: int = 422, **extra):
+        super().__init__(message)
+        self.message, self.status_code, self.extra = message, status_code, extra
+
+
+@dataclass
+class Recommendation:
+    items: list[str]
+    scores: list[float]
+    unknown_items: list = field(default_factory=list)
+    truncated: bool = False
+
+    def pairs(self) -> list[tuple[str, float]]:
+        return list(zip(self.items, self.scores))
+
+
+@dataclass
+class PreparedHistory:
+    indices: list[int]  # known item_idx, chronological, truncated to max_len
+    seen: list[int]  # every known item_idx of the whole history
+    unknown: list
+    truncated: bool
+
+
+class Recommender:
+    """Recommends from one artifact. ``engine``: "python" (recsys.nn backbone rebuilt from the
+    safetensors weights) or "program" (the torch.export program; needs no recsys code)."""
+
+    def __init__(self, artifact: Artifact, engine: str = "python"):
+        if engine not in ("python", "program"):
+            raise ValueError(f"engine must be 'python' or 'program', got {engine!r}")
+        self.artifact, self.engine = artifact, engine
+        self.size, self.max_len, self.num_items = artifact.size, artifact.max_len, artifact.num_items
+        self.item_ids = artifact.item_ids
+        self.index = {item_id: i + 1 for i, item_id in enumerate(artifact.item_ids)}
+        self.item_embeddings = artifact.item_embeddings
+        if engine == "program":
+            artifact.program()
+        else:
+            artifact.backbone()
+
+    # ------------------------------------------------------------------ requests
+    def prepare(self, history: Sequence) -> PreparedHistory:
+        if isinstance(history, (str, bytes)) or not isinstance(history, Sequence):
+            raise RequestError("history must be a list of item ids")
+        if len(history) == 0:
+            raise RequestError("history is empty; give at least one known item id")
+        known, unknown = [], []
+        for item in history:
+            if isinstance(item, bool) or not isinstance(item, (str, int)):
+                raise RequestError(f"item ids must be strings or integers, got {item!r}")
+            if isinstance(item, str):
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise RequestError(f"item id {item!r} is not valid Unicode (lone surrogate)") from None
+            idx = self.index.get(str(item))
+            if idx is None:
+                unknown.append(item)
+            else:
+                known.append(idx)
+        if not known:
+            raise RequestError(
+                f"none of the {len(history)} history item ids is in the catalog", unknown_items=unknown[:100]
+            )
+        truncated = len(known) > self.max_len
+        return PreparedHistory(known[-self.max_len :], known, unknown, truncated)
+
+    def check_k(self, k) -> int:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_items:
+            raise RequestError(f"k must be an integer in [1, {self.num_items}] (the catalog size), got {k!r}")
+        return k
+
+    def batch_tensor(self, prepared: Sequence[PreparedHistory]) -> torch.Tensor:
+        """(B, max_len) int64, left-padded with 0 (the layout the model was trained on)."""
+        out = torch.zeros(len(prepared), self.max_len, dtype=torch.long)
+        for row, p in enumerate(prepared):
+            out[row, self.max_len - len(p.indices) :] = torch.tensor(p.indices, dtype=torch.long)
+        return out
+
+    # ------------------------------------------------------------------ model
+    @torch.inference_mode()
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, max_len) item_idx -> (B, d) hidden state of the last position (python backbone)."""
+        x = self.item_embeddings[batch]
+        return self.artifact.backbone()(x, batch != 0)[:, -1]
+
+    @torch.inference_mode()
+    def scores(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, max_len) item_idx -> (B, N+1) scores; column 0 (padding) = -inf."""
+        if self.engine == "program":
+            return self.artifact.program()(batch)
+        scores = self.encode(batch) @ self.item_embeddings.T
+        scores[:, 0] = float("-inf")
+        return scores
+
+    @staticmethod
+    def mask_seen(scores: torch.Tensor, prepared: Sequence[PreparedHistory]) -> torch.Tensor:
+        scores = scores.clone()
+        for row, p in enumerate(prepared):
+            scores[row, torch.tensor(p.seen, dtype=torch.long)] = float("-inf")
+        return scores
+
+    def top_k(self, scores: torch.Tensor, k: int) -> list[tuple[list[str], list[float]]]:
+        values, idx = torch.topk(scores, k, dim=1)
+        out = []
+        for vals, ids in zip(values.tolist(), idx.tolist()):
+            keep = [(i, v) for i, v in zip(ids, vals) if v != float("-inf") and i > 0]
+            out.append(([self.item_ids[i - 1] for i, _ in keep], [float(v) for _, v in keep]))
+        return out
+
+    # ------------------------------------------------------------------ API
+    def query_batch(self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True) -> list[Recommendation]:
+        k = self.check_k(k)
+        prepared = [self.prepare(h) for h in histories]
+        if not prepared:
+            return []
+        scores = self.scores(self.batch_tensor(prepared))
+        if exclude_seen:
+            scores = self.mask_seen(scores, prepared)
+        return [
+            Recommendation(items, vals, p.unknown, p.truncated)
+            for (items, vals), p in zip(self.top_k(scores, k), prepared)
+        ]
+
+    def query(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> Recommendation:
+        return self.query_batch([history], k, exclude_seen)[0]
+
+    def recommend(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
+        """[(original item id, score)] best first."""
+        return self.query(history, k, exclude_seen).pairs()
+
+    def recommend_batch(
+        self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True
+    ) -> list[list[tuple[str, float]]]:
+        return [r.pairs() for r in self.query_batch(histories, k, exclude_seen)]

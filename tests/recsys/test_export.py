@@ -1,0 +1,187 @@
+"""recsys-export: layout, index, parity (python loader and torch.export program), parameter
+count, standalone program loading, checksum tampering, CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from recsys.builders import build_dataset, build_model
+from recsys.checkpoint import load_checkpoint
+from recsys.export import ParityError, _topk_matches, export_run, main
+from recsys.nn import build_backbone
+from serving.artifact import ArtifactError, load_artifact, serving_model_config
+from serving.recommender import Recommender
+
+_path = Path(__file__).resolve().parents[1] / "serving" / "_shared.py"
+if "recsys_serving_test_shared" not in sys.modules:
+    _spec = importlib.util.spec_from_file_location("recsys_serving_test_shared", _path)
+    sys.modules["recsys_serving_test_shared"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["recsys_serving_test_shared"])
+shared = sys.modules["recsys_serving_test_shared"]
+
+SIZES = (4, 8, 16)
+FILES = {"config.json", "model.safetensors", "item_embeddings.safetensors", "items.json", "program.pt2",
+         "metrics.json", "checksums.json"}
+
+
+@pytest.fixture(scope="module")
+def exported():
+    return shared.trained_export()
+
+
+@pytest.fixture(scope="module")
+def trained(exported):
+    run_dir, _, _ = exported
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    dataset = build_dataset(cfg)
+    model = build_model(cfg, dataset)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
+    return dataset, model.eval()
+
+
+def test_layout_and_index(exported):
+    run_dir, export_dir, index = exported
+    assert json.loads((export_dir / "index.json").read_text()) == index
+    assert index["sizes"] == list(SIZES) and index["num_items"] == 60 and index["max_len"] == 10
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())
+    for d in SIZES:
+        entry = index["entries"][str(d)]
+        directory = export_dir / f"d{d:04d}"
+        assert entry["dir"] == directory.name
+        assert {p.name for p in directory.iterdir()} == FILES
+        assert entry["bytes"] == sum(p.stat().st_size for p in directory.iterdir())
+        assert entry["metrics"]["test"]["ndcg@10"] == run_metrics["test"][str(d)]["ndcg@10"]
+        assert entry["metrics"]["test"]["recall@10"] == run_metrics["test"][str(d)]["recall@10"]
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert metrics["validation"] == run_metrics["validation"][str(d)]
+        assert metrics["parameters"] == entry["parameters"]
+        assert metrics["catalog_parameters"] == 61 * d
+        config = json.loads((directory / "config.json").read_text())
+        assert config["size"] == d and config["model_config"]["ladder"][-1] == d
+        assert "data" not in config and "trainer" not in config  # no training config tree
+        items = json.loads((directory / "items.json").read_text())["item_ids"]
+        assert items == [f"i{i}" for i in range(1, 61)]
+        emb = load_file(str(directory / "item_embeddings.safetensors"))["item_embeddings"]
+        assert emb.shape == (61, d) and torch.all(emb[0] == 0)
+        weights = load_file(str(directory / "model.safetensors"))
+        assert not any(k.startswith(("tables", "projector")) for k in weights)  # backbone only
+
+
+def test_parameter_count_equals_a_model_built_at_width_d(exported):
+    _, export_dir, index = exported
+    for d in SIZES:
+        artifact = load_artifact(export_dir / f"d{d:04d}")
+        cfg = serving_model_config(artifact.config["model_config"])
+        fresh = build_backbone(cfg.backbone, cfg)
+        assert artifact.num_parameters == sum(p.numel() for p in fresh.parameters())
+        assert index["entries"][str(d)]["parameters"] == artifact.num_parameters
+        shapes = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+        assert shapes == {k: tuple(v.shape) for k, v in artifact.state.items()}
+
+
+@pytest.mark.parametrize("engine", ["python", "program"])
+def test_parity_with_the_trained_model_at_every_size(exported, trained, engine):
+    _, export_dir, _ = exported
+    dataset, model = trained
+    inputs = dataset.split("test").inputs
+    with torch.no_grad():
+        ref_all = model.score(inputs)
+    for j, d in enumerate(SIZES):
+        rec = Recommender(load_artifact(export_dir / f"d{d:04d}"), engine=engine)
+        got = rec.scores(inputs)
+        ref = ref_all[j]
+        assert got.shape == ref.shape == (len(inputs), 61)
+        assert torch.isinf(got[:, 0]).all()
+        torch.testing.assert_close(got[:, 1:], ref[:, 1:], rtol=1e-4, atol=1e-4)
+        for k in (10, 50):
+            _topk_matches(ref, got, k, f"d{d} {engine}")  # raises ParityError on mismatch
+
+
+def test_parity_check_detects_a_wrong_ranking():
+    ref = torch.tensor([[float("-inf"), 3.0, 2.0, 1.0, 0.0]])
+    with pytest.raises(ParityError):
+        _topk_matches(ref, ref.flip(1).roll(1, 1), 2, "flipped")
+    _topk_matches(ref, ref.clone(), 2, "same")
+
+
+def test_program_loads_and_runs_without_the_recsys_package(exported, tmp_path):
+    _, export_dir, _ = exported
+    directory = export_dir / "d0008"
+    history = torch.tensor([[0, 0, 0, 0, 0, 1, 2, 3, 4, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16]])
+    expected = Recommender(load_artifact(directory), engine="python").scores(history)
+    script = (
+        "import sys, json\n"
+        "for name in ('recsys', 'serving', 'data_prep', 'torchrec'):\n"
+        "    sys.modules[name] = None  # any import of them fails\n"
+        "import torch\n"
+        f"m = torch.export.load({str(directory / 'program.pt2')!r}).module()\n"
+        f"h = torch.tensor({history.tolist()})\n"
+        "print(json.dumps(m(h)[:, 1:].tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
+    torch.testing.assert_close(got, expected[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+def test_checksum_tampering_is_detected(exported, tmp_path):
+    _, export_dir, _ = exported
+    copy = tmp_path / "d0004"
+    shutil.copytree(export_dir / "d0004", copy)
+    load_artifact(copy)
+    emb = copy / "item_embeddings.safetensors"
+    original = emb.read_bytes()
+    data = bytearray(original)
+    data[-1] ^= 0xFF
+    emb.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="item_embeddings.safetensors"):
+        load_artifact(copy)
+    load_artifact(copy, verify=False)  # opting out still loads
+    emb.write_bytes(original)
+    (copy / "items.json").unlink()
+    with pytest.raises(ArtifactError, match="items.json"):
+        load_artifact(copy)
+
+
+def test_cli_with_checkpoint_path_and_size_subset(exported, tmp_path, capsys):
+    run_dir, _, _ = exported
+    out = tmp_path / "exp"
+    main([str(run_dir / "checkpoints" / "last.pt"), "--sizes", "4", "--out", str(out), "--parity-users", "16"])
+    index = json.loads((out / "index.json").read_text())
+    assert index["sizes"] == [4] and index["source"]["checkpoint"].endswith("last.pt")
+    assert {p.name for p in out.iterdir()} == {"d0004", "index.json"}  # no staging leftovers
+    assert "written" in capsys.readouterr().out
+
+
+def test_cli_rejects_sizes_outside_the_ladder(exported, tmp_path):
+    run_dir, _, _ = exported
+    with pytest.raises(SystemExit, match="not in the trained ladder"):
+        main([str(run_dir), "--sizes", "4,12", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="neither a run directory"):
+        main([str(tmp_path / "nowhere")])
+
+
+def test_export_run_fails_loudly_when_parity_breaks(exported, tmp_path, monkeypatch):
+    import recsys.export as export
+
+    run_dir, _, _ = exported
+
+    def broken(module, max_len, path):  # a program with perturbed catalog rows
+        module.item_embeddings[1:] = torch.randn_like(module.item_embeddings[1:])
+        original(module, max_len, path)
+
+    original = export.export_program
+    monkeypatch.setattr(export, "export_program", broken)
+    with pytest.raises(ParityError, match="program path"):
+        export_run(run_dir, sizes="4", out=tmp_path / "bad", parity_users=16)
+    assert not (tmp_path / "bad" / "d0004").exists()
