@@ -24,7 +24,7 @@ import torch
 
 from recsys.nn.nested import chunk_bounds
 
-DEFAULT_BUDGET_BYTES = 1 << 30
+DEFAULT_BUDGET_BYTES = 1 << 28  # 256 MiB: GEMMs stay large (hundreds of rows), memory stays small
 
 
 def size_weights_tensor(ladder: Sequence[int], size_weights: Sequence[float] | None) -> torch.Tensor:
@@ -72,29 +72,35 @@ def _chunk_loss(
     ladder: Sequence[int],
     weights: torch.Tensor,
     scale: float,
-    need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """One chunk of positions, no autograd: summed CE per size (M,) and, if asked, dL/dh (p, D),
-    dL/dE (N+1, D) of ``scale * sum_m w_m * sum_p CE_m[p]``."""
+    grad_items: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk of positions, no autograd: summed CE per size (M,) and, if ``grad_items`` (N+1, D)
+    is given, dL/dh (p, D) of ``scale * sum_m w_m * sum_p CE_m[p]``, dL/dE being added into ``grad_items``."""
     logits = all_size_logits(hidden, items, ladder)  # (M, p, N+1)
     logits[:, :, 0] = float("-inf")  # padding is never a candidate
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    target_logit = logits[:, rows, targets]  # (M, p)
-    lse = torch.logsumexp(logits, dim=-1)  # (M, p)
-    ce_sum = (lse - target_logit).sum(1)  # (M,)
-    if not need_grad:
-        return ce_sum, None, None
-    grad = logits.sub_(lse[..., None]).exp_()  # softmax, in place: (M, p, N+1)
-    grad[:, rows, targets] -= 1.0
-    grad.mul_((weights * scale).to(grad.dtype)[:, None, None])  # G_m
-    for m in range(grad.shape[0] - 2, -1, -1):
-        grad[m] += grad[m + 1]  # R_c = sum_{m >= c} G_m
+    ce_sum = hidden.new_empty(len(ladder))
+    for m in range(len(ladder)):
+        # log_softmax/softmax kernels, not logsumexp/exp_: exp of very negative logits is slow on CPU.
+        ce_sum[m] = -torch.log_softmax(logits[m], dim=-1)[rows, targets].sum()
+    if grad_items is None:
+        return ce_sum, None
+    # In place, from the largest size down: logits[m] becomes R_m = sum_{m' >= m} G_m', with
+    # G_m = w_m * scale * (softmax_m - onehot(target)) = dLoss/dlogits_m.
+    factors = (weights * scale).tolist()
+    for m in range(len(ladder) - 1, -1, -1):
+        grad = logits[m]  # (p, N+1)
+        torch._softmax(grad, -1, False, out=grad)  # in-place softmax (row-wise kernel, safe)
+        grad[rows, targets] -= 1.0
+        if m == len(ladder) - 1:
+            grad.mul_(factors[m])
+        else:
+            torch.add(logits[m + 1], grad, alpha=factors[m], out=grad)
     grad_h = torch.empty_like(hidden)
-    grad_items = torch.zeros_like(items)
     for c, (a, b) in enumerate(chunk_bounds(ladder)):
-        torch.mm(grad[c], items[:, a:b], out=grad_h[:, a:b])
-        grad_items[:, a:b] = grad[c].T @ hidden[:, a:b]
-    return ce_sum, grad_h, grad_items
+        grad_h[:, a:b] = logits[c] @ items[:, a:b]  # (p, N+1) @ (N+1, s_c)
+        grad_items[:, a:b] += logits[c].T @ hidden[:, a:b]  # (N+1, p) @ (p, s_c)
+    return ce_sum, grad_h
 
 
 class _FusedMatryoshkaCE(torch.autograd.Function):
@@ -106,18 +112,17 @@ class _FusedMatryoshkaCE(torch.autograd.Function):
         grad_h = torch.empty_like(hidden)
         grad_items = torch.zeros_like(items)
         for start in range(0, num, chunk):
-            ce, gh, gi = _chunk_loss(
+            ce, gh = _chunk_loss(
                 hidden[start : start + chunk],
                 targets[start : start + chunk],
                 items,
                 ladder,
                 weights,
                 1.0 / num,
-                True,
+                grad_items,
             )
             per_size += ce
             grad_h[start : start + chunk] = gh
-            grad_items += gi
         per_size /= num
         ctx.save_for_backward(grad_h, grad_items)
         ctx.mark_non_differentiable(per_size)
@@ -144,6 +149,11 @@ def matryoshka_cross_entropy(
     Differentiable w.r.t. hidden and items (gradients computed chunk by chunk in the forward).
     """
     weights = size_weights_tensor(ladder, size_weights).to(hidden.device)
+    dtype = torch.promote_types(torch.promote_types(hidden.dtype, items.dtype), torch.float32)
+    hidden, items = (
+        hidden.to(dtype),
+        items.to(dtype),
+    )  # softmax over the catalog in >= fp32, even under autocast
     if hidden.shape[0] == 0:
         raise ValueError("matryoshka_cross_entropy needs at least one position")
     if torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad):
@@ -154,7 +164,7 @@ def matryoshka_cross_entropy(
     chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
     per_size = (
         sum(
-            _chunk_loss(hidden[s : s + chunk], targets[s : s + chunk], items, ladder, weights, 1.0, False)[0]
+            _chunk_loss(hidden[s : s + chunk], targets[s : s + chunk], items, ladder, weights, 1.0)[0]
             for s in range(0, hidden.shape[0], chunk)
         )
         / hidden.shape[0]

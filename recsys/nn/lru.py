@@ -26,19 +26,46 @@ from recsys.nn.backbone import Backbone, register_backbone
 from recsys.nn.nested import NestedGatedFFN, NestedLayerNorm, NestedLinear
 
 
+def _doubling_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t, h_{-1} = 0, over dim 1, by recursive doubling (Hillis-Steele)."""
+    length, offset = b.shape[1], 1
+    while offset < length:
+        # After this step, (a_t, b_t) composes the 2*offset steps ending at t.
+        b = torch.cat([b[:, :offset], torch.addcmul(b[:, offset:], a[:, offset:], b[:, :-offset])], dim=1)
+        a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], dim=1)
+        offset *= 2
+    return b
+
+
+class _LinearScan(torch.autograd.Function):
+    """Memory-lean autograd for the scan: keeps only a and h, not the log L intermediate levels.
+
+    Backward (PyTorch's conjugate-gradient convention): the adjoint s_t = dL/db_t solves the
+    reversed recurrence s_t = g_t + conj(a_{t+1}) s_{t+1}, itself a scan, and dL/da_t = s_t conj(h_{t-1}).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b):
+        h = _doubling_scan(a, b)
+        ctx.save_for_backward(a, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h):
+        a, h = ctx.saved_tensors
+        a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], dim=1).conj()  # (B, L, ...)
+        grad_b = _doubling_scan(a_next.flip(1), grad_h.flip(1)).flip(1)
+        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        return grad_b * h_prev.conj(), grad_b
+
+
 def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """h_t = a_t * h_{t-1} + b_t with h_{-1} = 0, over dim 1, in ceil(log2 L) steps.
 
     a, b: (B, L, ...) (real or complex, broadcastable to the same shape) -> h (B, L, ...).
     """
     a, b = torch.broadcast_tensors(a, b)
-    length, offset = b.shape[1], 1
-    while offset < length:
-        # After this step, (a_t, b_t) composes the 2*offset steps ending at t.
-        b = torch.cat([b[:, :offset], b[:, offset:] + a[:, offset:] * b[:, :-offset]], dim=1)
-        a = torch.cat([a[:, :offset], a[:, offset:] * a[:, :-offset]], dim=1)
-        offset *= 2
-    return b
+    return _LinearScan.apply(a.contiguous(), b.contiguous())
 
 
 class LRU(nn.Module):
@@ -72,8 +99,12 @@ class LRU(nn.Module):
         """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
         gamma = torch.exp(self.gamma_log)  # (D,)
         real = pad_mask[..., None]  # (B, L, 1)
-        bx = torch.complex(self.B_re(x) * gamma, self.B_im(x) * gamma) * real  # (B, L, D) complex
-        decay = torch.where(real, self.eigenvalues(), torch.ones_like(self.eigenvalues()))  # (B, L, D)
+        # The recurrence runs in the parameters' precision even under autocast (no bf16 complex).
+        bx = (
+            torch.complex(self.B_re(x).to(gamma.dtype) * gamma, self.B_im(x).to(gamma.dtype) * gamma) * real
+        )  # (B, L, D)
+        lam = self.eigenvalues()
+        decay = torch.where(real, lam, torch.ones_like(lam))  # (B, L, D): padding keeps the state
         h = linear_scan(decay, bx)  # (B, L, D) complex
         return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x
 

@@ -149,7 +149,7 @@ class NestedLayerNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., D) -> (..., D)."""
         chunks = [F.layer_norm(c, (c.shape[-1],), eps=self.eps) for c in x.split(self.sizes, dim=-1)]
-        return torch.cat(chunks, dim=-1) * self.weight + self.bias
+        return torch.addcmul(self.bias, torch.cat(chunks, dim=-1), self.weight)
 
     def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
         return {"weight": self.weight[:d], "bias": self.bias[:d]}
