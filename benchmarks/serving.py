@@ -106,6 +106,19 @@ def main(argv: list[str] | None = None) -> None:
         qps = throughput(lambda b, f=f: f.query_batch(b, k), histories, args.batch, args.rounds)
         funnel_rows.append({"shortlist": s, "p50": p50, "p99": p99, "qps": qps, "recall": recall[s]})
         print(funnel_rows[-1])
+    ann_rows = []
+    from serving.ann import ANN_KINDS, faiss_available
+
+    if faiss_available():
+        exact = largest.query_batch(histories[:256], k)
+        for kind in ANN_KINDS:
+            rec = Recommender(largest.artifact, ann=kind)
+            approx = rec.query_batch(histories[:256], k)
+            rec_k = sum(len(set(a.items) & set(e.items)) / max(1, len(e.items)) for a, e in zip(approx, exact))
+            p50, p99 = latency(lambda h, r=rec: r.recommend(h, k), histories, args.repeats)
+            qps = throughput(lambda b, r=rec: r.recommend_batch(b, k), histories, args.batch, args.rounds)
+            ann_rows.append({"kind": kind, "p50": p50, "p99": p99, "qps": qps, "recall": rec_k / len(exact)})
+            print(ann_rows[-1])
     base = rows[-1]
     lines = [
         "# Serving benchmark",
@@ -114,7 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         f"export `{export_dir}`; engine: python (recsys.nn backbone from safetensors).",
         f"Device: CPU only ({platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, Python {platform.python_version()}).",
-        "The machine is shared with other jobs, so absolute timings are noisy; compare ratios between tiers.",
+        "The machine is shared with other jobs (1/5/15-min load average at the end of the run: "
+        + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        + "), so absolute timings are noisy, p99 most of all; compare p50 ratios between tiers.",
         f"Single request: one history of up to max_len items, top-{k}, {args.repeats} calls. "
         f"Batched: {args.rounds} calls of {args.batch} histories.",
         "",
@@ -125,6 +140,9 @@ def main(argv: list[str] | None = None) -> None:
     for r in rows:
         lines.append(
             f"| {r['tier']} | {r['size']} | {r['params']:,} | {r['bytes']:,} | {r['ndcg']:.4f} | {r['recall']:.4f} "
+            f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} | {r['p50'] / base['p50']:.2f}x |"
+            if r["ndcg"] is not None else
+            f"| {r['tier']} | {r['size']} | {r['params']:,} | {r['bytes']:,} | - | - "
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} | {r['p50'] / base['p50']:.2f}x |"
         )
     lines += [
@@ -138,6 +156,16 @@ def main(argv: list[str] | None = None) -> None:
     ]
     for r in funnel_rows:
         lines.append(f"| {r['shortlist']} | {r['recall']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} |")
+    if ann_rows:
+        lines += [
+            "",
+            f"## faiss ANN on {names[-1]} (optional, faiss-cpu)",
+            "",
+            "| index | recall vs exact top-K | p50 ms | p99 ms | batched req/s |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        lines += [f"| {r['kind']} | {r['recall']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} |"
+                  for r in ann_rows]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"written {args.out}")

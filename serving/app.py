@@ -117,10 +117,11 @@ def create_app(
     engine: str = "python",
     max_body_bytes: int = MAX_BODY_BYTES,
     verify: bool = True,
+    ann: str | None = None,
 ) -> FastAPI:
     """The serving app for an export directory; ``tiers``: name -> size, a YAML tiers file, or
-    None (every exported size as ``d<size>``)."""
-    tier_set = TierSet(export_dir, tiers, engine=engine, verify=verify)
+    None (every exported size as ``d<size>``); ``ann``: None, "flat" or "hnsw" (faiss, optional)."""
+    tier_set = TierSet(export_dir, tiers, engine=engine, verify=verify, ann=ann)
     any_rec = next(iter(tier_set.by_size.values()))
     app = FastAPI(title="recsys serving", version="1")
     app.state.tiers = tier_set
@@ -158,6 +159,7 @@ def create_app(
             "catalog_size": any_rec.num_items,
             "max_len": any_rec.max_len,
             "engine": engine,
+            "ann": ann,
             "max_body_bytes": max_body_bytes,
         }
 

@@ -49,9 +49,11 @@ class PreparedHistory:
 
 class Recommender:
     """Recommends from one artifact. ``engine``: "python" (recsys.nn backbone rebuilt from the
-    safetensors weights) or "program" (the torch.export program; needs no recsys code)."""
+    safetensors weights) or "program" (the torch.export program; needs no recsys code).
+    ``ann``: None (exact full scoring), "flat" or "hnsw": top-K through a faiss index
+    (serving/ann.py; needs faiss-cpu) over the python backbone's hidden state."""
 
-    def __init__(self, artifact: Artifact, engine: str = "python"):
+    def __init__(self, artifact: Artifact, engine: str = "python", ann: str | None = None):
         if engine not in ("python", "program"):
             raise ValueError(f"engine must be 'python' or 'program', got {engine!r}")
         self.artifact, self.engine = artifact, engine
@@ -61,8 +63,13 @@ class Recommender:
         self.item_embeddings = artifact.item_embeddings
         if engine == "program":
             artifact.program()
-        else:
+        if engine == "python" or ann is not None:
             artifact.backbone()
+        self.ann = None
+        if ann is not None:
+            from serving.ann import AnnIndex
+
+            self.ann = AnnIndex(self.item_embeddings, ann)
 
     # ------------------------------------------------------------------ requests
     def prepare(self, history: Sequence) -> PreparedHistory:
@@ -140,6 +147,8 @@ class Recommender:
         prepared = [self.prepare(h) for h in histories]
         if not prepared:
             return []
+        if self.ann is not None:
+            return self._query_ann(prepared, k, exclude_seen)
         scores = self.scores(self.batch_tensor(prepared))
         if exclude_seen:
             scores = self.mask_seen(scores, prepared)
@@ -147,6 +156,17 @@ class Recommender:
             Recommendation(items, vals, p.unknown, p.truncated)
             for (items, vals), p in zip(self.top_k(scores, k), prepared)
         ]
+
+    def _query_ann(self, prepared: list[PreparedHistory], k: int, exclude_seen: bool) -> list[Recommendation]:
+        extra = max(len(set(p.seen)) for p in prepared) if exclude_seen else 0
+        scores, ids = self.ann.search(self.encode(self.batch_tensor(prepared)), k + extra)
+        out = []
+        for vals, idx, p in zip(scores.tolist(), ids.tolist(), prepared):
+            seen = set(p.seen) if exclude_seen else set()
+            keep = [(i, v) for i, v in zip(idx, vals) if i > 0 and i not in seen and v != float("-inf")][:k]
+            out.append(Recommendation([self.item_ids[i - 1] for i, _ in keep], [float(v) for _, v in keep],
+                                      p.unknown, p.truncated))
+        return out
 
     def query(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> Recommendation:
         return self.query_batch([history], k, exclude_seen)[0]

@@ -55,6 +55,7 @@ class TierSet:
         default: str | None = None,
         engine: str = "python",
         verify: bool = True,
+        ann: str | None = None,
     ):
         self.export_dir = Path(export_dir)
         self.index = read_index(self.export_dir)
@@ -73,7 +74,7 @@ class TierSet:
         by_size = {}
         for size in sorted(set(self.tiers.values())):
             by_size[size] = Recommender(load_artifact(self.export_dir / self.index["entries"][str(size)]["dir"],
-                                                      verify=verify), engine)
+                                                      verify=verify), engine, ann)
         self.by_size = by_size
 
     def get(self, name: str | None) -> Recommender:

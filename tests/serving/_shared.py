@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib.util
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -42,6 +44,7 @@ def trained_export() -> tuple[Path, Path, dict]:
     from recsys.export import export_run
 
     root = Path(tempfile.mkdtemp(prefix="recsys-serving-tests-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     dataset = write_processed_dataset(root / "dataset")
     out = run(tiny_cfg(dataset, "trainer.max_epochs=2", "trainer.optimizer.lr=0.01"), root / "run")
     run_dir = Path(out["run_dir"])

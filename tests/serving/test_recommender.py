@@ -123,3 +123,23 @@ def test_funnel_recall_is_measured_and_grows_with_the_shortlist(tiers):
     assert recall[10] <= recall[20] + 1e-9 <= recall[40] + 2e-9 <= recall[60] + 3e-9
     with pytest.raises(RequestError, match="shortlist"):
         FunnelRecommender(small, large, shortlist=0)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_optional_faiss_ann_matches_exact_top_k(export_dir, kind):
+    pytest.importorskip("faiss")
+    art = load_artifact(export_dir / "d0016")
+    exact, ann = Recommender(art), Recommender(art, ann=kind)
+    histories = [[f"i{j}" for j in range(s, s + 4)] for s in range(1, 55, 3)]
+    for exclude_seen in (True, False):
+        want = exact.query_batch(histories, k=10, exclude_seen=exclude_seen)
+        got = ann.query_batch(histories, k=10, exclude_seen=exclude_seen)
+        overlap = [len(set(a.items) & set(b.items)) / 10 for a, b in zip(got, want)]
+        if kind == "flat":
+            assert all(o == 1.0 for o in overlap)
+            for a, b in zip(got, want):
+                torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-4, atol=1e-4)
+        else:
+            assert sum(overlap) / len(overlap) > 0.9
+        if exclude_seen:
+            assert all(not set(g.items) & set(h) for g, h in zip(got, histories))
