@@ -16,7 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 BUILTIN_DATASETS = ("ml-100k", "ml-1m")
 KNOWN_DATASETS = (*BUILTIN_DATASETS, "amazon", "generic")
-KNOWN_LOSSES = ("full_softmax",)
+KNOWN_LOSSES = ("full_softmax", "sampled_softmax")
 
 
 @dataclass
@@ -53,6 +53,8 @@ class BackboneSchema:
 class LossSchema:
     name: str = "full_softmax"
     size_weights: list[float] | None = None  # one weight per size of the ladder; None = equal
+    num_negatives: int = 256  # sampled_softmax: negatives drawn per step (shared by all positions)
+    sampler: str = "uniform"  # sampled_softmax: uniform | popularity (training-target frequency)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class TrainerSchema:
     progress: bool = True
     stop_after_steps: int = 0  # > 0: save a checkpoint and exit after this many steps (simulated kill)
     deterministic: bool = True
+    sharding: str = "auto"  # distributed item tables: auto (planner) | table_wise | row_wise | column_wise | data_parallel
 
 
 @dataclass
@@ -127,6 +130,14 @@ def validate(cfg: DictConfig) -> None:
     sizes = effective_ladder(cfg.model)
     if cfg.loss.name not in KNOWN_LOSSES:
         raise ValueError(f"loss.name: unknown loss '{cfg.loss.name}'; known: {', '.join(KNOWN_LOSSES)}")
+    if cfg.loss.get("num_negatives", 1) <= 0:
+        raise ValueError(f"loss.num_negatives must be positive, got {cfg.loss.num_negatives}")
+    if cfg.loss.get("sampler", "uniform") not in ("uniform", "popularity"):
+        raise ValueError(f"loss.sampler must be uniform or popularity, got '{cfg.loss.sampler}'")
+    if cfg.trainer.get("sharding", "auto") not in ("auto", "table_wise", "row_wise", "column_wise", "data_parallel"):
+        raise ValueError(
+            f"trainer.sharding='{cfg.trainer.sharding}' must be auto, table_wise, row_wise, column_wise or data_parallel"
+        )
     if cfg.loss.size_weights is not None:
         if len(cfg.loss.size_weights) != len(sizes):
             raise ValueError(

@@ -31,6 +31,20 @@ from recsys.builders import build_dataset, build_model
 from recsys.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from recsys.config import effective_ladder, register_schemas, validate
 from recsys.data import SequenceDataset
+from recsys.distributed import (
+    all_reduce_accumulator,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    full_state_dict,
+    fused_params_for,
+    init_distributed,
+    load_full_state_dict,
+    local_shard,
+    plan_summary,
+    rank_range,
+    shard_model,
+)
 from recsys.evaluate import evaluate_split
 from recsys.model import MatryoshkaRecModel
 from recsys.reporting import (
@@ -39,6 +53,12 @@ from recsys.reporting import (
     jsonable_metrics,
     save_metrics_plot,
     write_json_atomic,
+)
+from recsys.sampled_softmax import (
+    full_softmax_sum,
+    item_popularity,
+    sample_negatives,
+    sampled_softmax_sum,
 )
 from recsys.tensorboard import TensorBoardLogger
 
@@ -96,15 +116,33 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg.seed, cfg.trainer.deterministic)
-        self.device = resolve_device(cfg.trainer.device)
+        self.env = init_distributed(cfg.trainer.device)
+        self.device = self.env.device if self.env.enabled else resolve_device(cfg.trainer.device)
         self.dataset = dataset if dataset is not None else build_dataset(cfg)
         self.model: MatryoshkaRecModel = build_model(cfg, self.dataset).to(self.device)
+        self.loss_name = cfg.loss.name
+        self.popularity = None
+        if self.loss_name == "sampled_softmax":
+            self.popularity = item_popularity(self.dataset._train_targets, self.dataset.num_items)
+        self.dmp = None
+        if self.env.enabled:  # item tables sharded by torchrec DMP, dense part DDP (gradients summed)
+            self.dmp, plan = shard_model(
+                self.model, self._loss_sum, self.env, cfg.trainer.get("sharding", "auto"),
+                fused_params_for(OmegaConf.to_container(cfg.trainer.optimizer), self.device.type),
+            )
+            self.sharding_plan = plan_summary(plan, self.model)
+            log.info("rank %d/%d: table sharding %s", self.env.rank, self.env.world_size, self.sharding_plan)
         self.sizes = effective_ladder(cfg.model)
         self.size_weights = list(cfg.loss.size_weights) if cfg.loss.size_weights is not None else None
         self.ks = tuple(cfg.eval.ks)
         self.batches_per_epoch = self.dataset.num_train_batches(cfg.trainer.batch_size)
         self.total_steps = cfg.trainer.max_epochs * self.batches_per_epoch
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.dmp is not None:  # tables with torchrec's fused optimiser (in backward) are left out
+            from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+            params = [p for _, p in in_backward_optimizer_filter(self.dmp.named_parameters()) if p.requires_grad]
+        else:
+            params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = instantiate(cfg.trainer.optimizer)(params)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(cfg.trainer.warmup_steps, self.total_steps, cfg.trainer.min_lr_ratio)
@@ -118,12 +156,14 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_value, self.best_step, self.bad_validations = -math.inf, -1, 0
         self.val_history: list[dict[str, Any]] = []
-        self.tb = TensorBoardLogger(self.run_dir / "tb", self.sizes, self.ks)
+        self.tb = TensorBoardLogger(self.run_dir / "tb", self.sizes, self.ks) if self.env.is_main else _NullLogger()
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            # always the plain single-process format (sharded tables gathered: a collective)
+            "model": full_state_dict(self.model) if self.env.enabled else self.model.state_dict(),
+            "world_size": self.env.world_size,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": rng_state(),
@@ -139,14 +179,31 @@ class Trainer:
 
     def save_checkpoint(self, name: str) -> Path:
         path = self.ckpt_dir / f"{name}.pt"
-        atomic_torch_save(self.state(), path)
+        state = self.state()
+        if self.env.enabled:  # rank 0: model + progress; every rank: its optimiser and RNG states
+            if self.env.is_main:
+                atomic_torch_save(state, path)
+            atomic_torch_save(
+                {"optimizer": state["optimizer"], "rng": state["rng"]}, self.ckpt_dir / f"{name}.rank{self.env.rank}.pt"
+            )
+            barrier(self.env)
+        else:
+            atomic_torch_save(state, path)
         return path
 
     def resume_from(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, map_location=self.device)
         if list(ckpt["sizes"]) != list(self.sizes):
             raise ValueError(f"checkpoint {path} was trained with sizes {ckpt['sizes']}, config has {list(self.sizes)}")
-        self.model.load_state_dict(ckpt["model"])
+        if int(ckpt.get("world_size", 1)) != self.env.world_size:
+            raise ValueError(
+                f"checkpoint {path} was written by {ckpt.get('world_size', 1)} processes; resume with the same world size"
+            )
+        if self.env.enabled:
+            load_full_state_dict(self.model, ckpt["model"])
+            ckpt.update(load_checkpoint(Path(path).with_name(f"{Path(path).stem}.rank{self.env.rank}.pt")))
+        else:
+            self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
@@ -156,11 +213,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, split: str) -> SizeMetrics:
+        data = self.dataset.split(split)
+        # distributed: contiguous per-rank user ranges (each user once), metric sums all-reduced
+        user_range = rank_range(len(data), self.env.world_size, self.env.rank) if self.env.enabled else None
         acc = evaluate_split(
-            self.model, self.dataset.split(split), self.ks, self.cfg.eval.filter_history,
-            self.cfg.eval.batch_size, self.device,
+            self.model, data, self.ks, self.cfg.eval.filter_history,
+            self.cfg.eval.batch_size, self.device, user_range=user_range,
         )
-        return acc.compute()
+        return all_reduce_accumulator(acc, self.env).compute()
 
     def validate(self) -> bool:
         """Validate, log, keep the best checkpoint; return True when early stopping triggers."""
@@ -184,7 +244,20 @@ class Trainer:
         return patience > 0 and self.bad_validations >= patience
 
     # ------------------------------------------------------------------ training
+    def _loss_sum(self, model: MatryoshkaRecModel, seq: torch.Tensor, targets: torch.Tensor):
+        """(loss summed over this process's target positions, per-size sums, count)."""
+        if self.loss_name == "sampled_softmax":
+            gen = torch.Generator().manual_seed(
+                (self.cfg.seed * 1_000_003 + self.step) * 1009 + self.env.rank  # resumable, distinct per rank
+            )
+            q = self.popularity if self.cfg.loss.sampler == "popularity" else None
+            negatives = sample_negatives(int(self.cfg.loss.num_negatives), model.num_items, gen, q)
+            return sampled_softmax_sum(model, seq, targets, self.size_weights, negatives, self.popularity, q)
+        return full_softmax_sum(model, seq, targets, self.size_weights)
+
     def train_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, list[float]]:
+        if self.dmp is not None or self.loss_name != "full_softmax":
+            return self._train_step_sum(inputs, targets)
         inputs, targets = inputs.to(self.device), targets.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
             total, per_size = self.loss_fn(inputs, targets, self.size_weights)
@@ -196,11 +269,35 @@ class Trainer:
         self.scheduler.step()
         return float(total.detach()), [float(x) for x in per_size]
 
+    def _train_step_sum(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, list[float]]:
+        """Step on this rank's shard of the global batch; loss = local sum / GLOBAL target count.
+
+        Summed over ranks (DDP sum hook for the dense part, the all-to-all backward for sharded
+        tables) the gradients equal the single-process gradients of the whole batch.
+        """
+        global_count = int((targets != 0).sum())
+        inputs, targets = local_shard(inputs, self.env).to(self.device), local_shard(targets, self.env).to(self.device)
+        forward = self.dmp if self.dmp is not None else (lambda s, t: self._loss_sum(self.model, s, t))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+            total_sum, per_size_sum, _ = forward(inputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        (total_sum / global_count).backward()
+        if self.cfg.trainer.grad_clip > 0:  # dense grads are identical on every rank after the sum
+            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.cfg.trainer.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        stats = all_reduce_sum(torch.cat([total_sum.detach().reshape(1).cpu(), per_size_sum.cpu()]), self.env)
+        stats = stats / global_count
+        return float(stats[0]), [float(x) for x in stats[1:]]
+
     def fit(self) -> str:
         """Train until max_epochs, early stopping or ``stop_after_steps``. Returns the reason it stopped."""
         tcfg = self.cfg.trainer
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not tcfg.progress, desc="train", unit="step")
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not (tcfg.progress and self.env.is_main),
+            desc="train", unit="step",
+        )
         t0, seen = time.perf_counter(), 0
         try:
             while self.epoch < tcfg.max_epochs:
@@ -241,9 +338,15 @@ class Trainer:
         """Evaluate the best checkpoint on validation and (once) on test; write metrics.json + plot."""
         best = self.ckpt_dir / "best.pt"
         if best.is_file():
-            self.model.load_state_dict(load_checkpoint(best, map_location=self.device)["model"])
+            best_state = load_checkpoint(best, map_location=self.device)["model"]
+            if self.env.enabled:
+                load_full_state_dict(self.model, best_state)
+            else:
+                self.model.load_state_dict(best_state)
         results = {"validation": self.evaluate("validation"), "test": self.evaluate("test")}
         self.tb.log_eval("test", self.step, results["test"])
+        if not self.env.is_main:
+            return results
         write_json_atomic(
             {
                 "sizes": list(self.sizes),
@@ -269,6 +372,13 @@ class Trainer:
         return results
 
 
+class _NullLogger:
+    """Stands in for the TensorBoard logger on ranks other than 0."""
+
+    def __getattr__(self, name: str):
+        return lambda *args, **kwargs: None
+
+
 def resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, Path | None]:
     """(run directory to write into, checkpoint to resume from or None) for ``cfg.resume``."""
     if cfg.resume is None or str(cfg.resume).lower() in ("false", "none", ""):
@@ -289,9 +399,11 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, Path | None]:
 
 def run(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> dict[str, Any]:
     """Train (or resume) and test one configuration; the programmatic entry point used by tests."""
-    run_dir, resume_ckpt = resolve_resume(cfg, Path(run_dir))
+    env = init_distributed(cfg.trainer.device)
+    run_dir, resume_ckpt = broadcast_object(resolve_resume(cfg, Path(run_dir)), env)  # every rank: rank 0's dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if env.is_main:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     trainer = Trainer(cfg, run_dir, dataset)
     if resume_ckpt is not None:
         trainer.resume_from(resume_ckpt)
@@ -301,7 +413,8 @@ def run(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = 
         results = None
         if reason != "stop_after_steps" and cfg.test_at_end:
             results = trainer.test_best()
-            print(format_table(results["test"], title=f"test metrics per size (best step {trainer.best_step})"))
+            if env.is_main:
+                print(format_table(results["test"], title=f"test metrics per size (best step {trainer.best_step})"))
     finally:
         trainer.tb.close()
     return {"reason": reason, "trainer": trainer, "results": results, "run_dir": run_dir}
