@@ -54,7 +54,9 @@ def main() -> None:
             negs = sample_negatives(args.num_negatives, args.items, torch.Generator().manual_seed(0))
             return sampled_softmax_sum(m, seq, tgt, None, negs, pop)
 
-        forward = (lambda s, t, f=loss_fn: f(model, s, t))
+        def forward(s, t, f=loss_fn):
+            return f(model, s, t)
+
         if env.enabled and not hasattr(model, "_sharded"):
             dmp, _ = shard_model(model, loss_fn, env, args.sharding)
             model._sharded = dmp
