@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from data_prep import layout
+from data_prep.atomic import atomic_path, write_json_atomic
 from data_prep.encoders import encoder_identity, get_image_encoder, get_text_encoder
 
 log = logging.getLogger(__name__)
@@ -80,27 +81,9 @@ def fingerprint(modality: str, encoder_id: str, input_hash: str, text_template: 
 # ----------------------------------------------------------------------------- io helpers
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _atomic_save_table(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_table_metadata(path: Path) -> dict[str, str] | None:
@@ -340,5 +323,5 @@ def build_feature_tables(
         manifest["modalities_skipped"] = skipped
     else:
         manifest.pop("modalities_skipped", None)
-    _atomic_write_json(manifest_path, manifest)
+    write_json_atomic(manifest_path, manifest)
     return {m: dataset_dir / e["file"] for m, e in entries.items()}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from data_prep import layout
+from data_prep.atomic import write_json_atomic
 
 PRESERVED_KEYS = ("features",)  # written by other modules (data_prep.features); never overwritten here
 
@@ -26,23 +25,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:
     """Load ``manifest.json`` of a processed dataset directory."""
     return json.loads((Path(dataset_dir) / layout.MANIFEST).read_text())
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON to ``path`` through a temp file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_manifest(dataset_dir: str | Path, manifest: dict[str, Any]) -> Path:

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from data_prep.atomic import write_json_atomic
 from recsys.data import EvalSplit
 from recsys.metrics import MetricAccumulator, mask_history, validate_ks
 from recsys.model import MatryoshkaRecModel
-from recsys.reporting import SizeMetrics, format_table, jsonable_metrics, write_json_atomic
+from recsys.reporting import SizeMetrics, format_table, jsonable_metrics
 
 
 @torch.no_grad()
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     ).compute()
     print(format_table(results, title=f"{split_name} metrics of {ckpt_path} (filter_history={filter_history})"))
     out = run_dir / f"eval_{split_name}_{ckpt_path.stem}.json"
-    write_json_atomic({"split": split_name, "checkpoint": str(ckpt_path), "filter_history": filter_history,
-                       "metrics": jsonable_metrics(results)}, out)
+    write_json_atomic(out, {"split": split_name, "checkpoint": str(ckpt_path), "filter_history": filter_history,
+                            "metrics": jsonable_metrics(results)})
     print(f"written {out}")
 
 

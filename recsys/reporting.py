@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -31,15 +27,6 @@ def format_table(results: SizeMetrics, columns: list[str] | None = None, title: 
 def _metric_order(name: str) -> tuple[int, int]:
     metric, _, k = name.partition("@")
     return ({"recall": 0, "ndcg": 1, "mrr": 2}.get(metric, 3), int(k) if k.isdigit() else 0)
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def jsonable_metrics(results: SizeMetrics) -> dict[str, dict[str, float]]:

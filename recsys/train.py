@@ -27,6 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from data_prep.atomic import write_json_atomic
 from recsys.builders import build_dataset, build_model
 from recsys.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from recsys.config import effective_ladder, register_schemas, validate
@@ -52,7 +53,6 @@ from recsys.reporting import (
     format_table,
     jsonable_metrics,
     save_metrics_plot,
-    write_json_atomic,
 )
 from recsys.sampled_softmax import (
     full_softmax_sum,
@@ -348,6 +348,7 @@ class Trainer:
         if not self.env.is_main:
             return results
         write_json_atomic(
+            self.run_dir / "metrics.json",
             {
                 "sizes": list(self.sizes),
                 "ks": list(self.ks),
@@ -358,7 +359,6 @@ class Trainer:
                 "validation": jsonable_metrics(results["validation"]),
                 "test": jsonable_metrics(results["test"]),
             },
-            self.run_dir / "metrics.json",
         )
         save_metrics_plot(results["test"], self.run_dir / "metrics_vs_size.png", f"test metrics vs size ({self.cfg.name})")
         final = {f"test_{m}_d{d}": results["test"][d][m] for d in (self.sizes[0], self.sizes[-1]) for m in ("ndcg@10", "recall@10")}
