@@ -37,6 +37,7 @@ class ModelSchema:
     use_id_table: bool = False
     trainable_features: bool = False
     projector_hidden: int = 0
+    independent: bool = False  # baseline: one separate model per ladder size (recsys/independent.py)
 
 
 @dataclass
@@ -47,6 +48,12 @@ class BackboneSchema:
     ffn_multiplier: int = 4
     lru_r_min: float = 0.0
     lru_r_max: float = 0.1
+    mamba_d_state: int = 16  # backbone=mamba (recsys/nn/mamba.py)
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_dt_rank: int = 0  # 0 = auto: ceil(smallest size / 16)
+    mamba_ffn: bool = False
+    sasrec_heads: int = 1  # backbone=sasrec (recsys/nn/sasrec.py); must divide model.width
 
 
 @dataclass
@@ -149,6 +156,15 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"backbone.dropout must be in [0, 1), got {cfg.backbone.dropout}")
     if cfg.backbone.num_blocks <= 0:
         raise ValueError(f"backbone.num_blocks must be positive, got {cfg.backbone.num_blocks}")
+    for key in ("mamba_d_state", "mamba_d_conv", "mamba_expand", "sasrec_heads"):
+        if cfg.backbone.get(key, 1) <= 0:
+            raise ValueError(f"backbone.{key} must be positive, got {cfg.backbone[key]}")
+    if cfg.backbone.get("mamba_dt_rank", 0) < 0:
+        raise ValueError(f"backbone.mamba_dt_rank must be >= 0 (0 = auto), got {cfg.backbone.mamba_dt_rank}")
+    if cfg.backbone.name == "sasrec" and cfg.model.width % cfg.backbone.get("sasrec_heads", 1):
+        raise ValueError(
+            f"backbone.sasrec_heads={cfg.backbone.sasrec_heads} must divide model.width={cfg.model.width}"
+        )
     from recsys.metrics import validate_ks
 
     try:

@@ -53,6 +53,12 @@ class ModelConfig:
     trainable_features: bool = False  # modality tables frozen by default
     projector_hidden: int = 0  # 0: one nested linear F -> D; k > 0: F -> k*D -> SiLU -> D
     loss_budget_bytes: int = DEFAULT_BUDGET_BYTES  # cap on the (M, chunk, N+1) logits of the loss
+    mamba_d_state: int = 16  # backbone=mamba: SSM state size N per channel
+    mamba_d_conv: int = 4  # causal depthwise conv kernel
+    mamba_expand: int = 2  # inner width = expand * D
+    mamba_dt_rank: int = 0  # low-rank dt; 0 = auto, ceil(s_1 / 16) (x_proj reads the smallest slice)
+    mamba_ffn: bool = False  # add the nested gated FFN after each Mamba mixer
+    sasrec_heads: int = 1  # backbone=sasrec: attention heads (must divide D)
 
     def __post_init__(self):
         # Hydra/JSON hand over lists; the config is hashable and comparable with tuples.
@@ -74,6 +80,13 @@ class ModelConfig:
             and (len(self.modalities) > 0 or self.use_id_table),
             "projector_hidden": isinstance(self.projector_hidden, int) and self.projector_hidden >= 0,
             "loss_budget_bytes": isinstance(self.loss_budget_bytes, int) and self.loss_budget_bytes > 0,
+            "mamba_d_state": isinstance(self.mamba_d_state, int) and self.mamba_d_state >= 1,
+            "mamba_d_conv": isinstance(self.mamba_d_conv, int) and self.mamba_d_conv >= 1,
+            "mamba_expand": isinstance(self.mamba_expand, int) and self.mamba_expand >= 1,
+            "mamba_dt_rank": isinstance(self.mamba_dt_rank, int) and self.mamba_dt_rank >= 0,
+            "mamba_ffn": isinstance(self.mamba_ffn, bool),
+            "sasrec_heads": isinstance(self.sasrec_heads, int) and self.sasrec_heads >= 1
+            and (self.backbone != "sasrec" or self.ladder[-1] % self.sasrec_heads == 0),
         }
         for name, ok in checks.items():
             if not ok:

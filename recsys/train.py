@@ -423,6 +423,13 @@ def run(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.model.get("independent", False):  # baseline: one model per size (recsys/independent.py)
+        from recsys.independent import run_independent
+
+        validate(cfg)
+        res = run_independent(cfg, run_dir)["validation"]
+        size = effective_ladder(cfg.model)[-1]
+        return res[size][cfg.trainer.monitor] if size in res else None
     out = run(cfg, run_dir)
     print(f"\nrun directory: {out['run_dir']}\nTensorBoard:   tensorboard --logdir {out['run_dir'] / 'tb'}")
     if out["results"] is None:

@@ -1,0 +1,98 @@
+"""SASRec baseline (Kang & McAuley, 2018): causal self-attention, MRL-style nesting only.
+
+Per block (pre-norm): ``x + Drop(MHA(LN(x)))`` with a causal, padding-aware mask, then
+``x + Drop(FFN(LN(x)))`` (GELU, hidden ``ffn_multiplier * D``); learned positional embeddings
+of ``max_len`` positions added to the item embeddings; a final LayerNorm.
+
+Positions are counted **from the right** (the last item is position 0), so with left padding
+the positions of the real items do not depend on how much padding precedes them (padding
+invariance). Attention: query t reads keys s <= t that are real items; every position may also
+read itself, so a padding query (whose earlier keys are all padding) has a defined softmax.
+Padding rows are zeroed at the input and never read by a real query.
+
+Nesting: **only the output is nested (MRL-style)**. The weights are ordinary dense weights, so
+there is no standalone width-d SASRec: the score at size d is ``h[:, :d] . E[:, :d]^T`` from
+the full-width network (the Matryoshka loss trains every prefix of h and of E). Consequently
+``MatryoshkaRecModel.slice(d)`` (and ``Backbone.slice``, export) raise ``SlicingNotSupported``
+with an explanation; use ``model.score(seq)[m]`` for the size-d scores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys.nn.backbone import Backbone, register_backbone
+
+
+class SlicingNotSupported(NotImplementedError):
+    """Raised when a standalone width-d model is asked of a backbone whose weights are not nested."""
+
+
+class SASRecBlock(nn.Module):
+    def __init__(self, width: int, heads: int, ffn_multiplier: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout_p = heads, dropout
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.ffn = nn.Sequential(
+            nn.Linear(width, ffn_multiplier * width),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(ffn_multiplier * width, width),
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), allowed (B, 1, L, L) bool (True = query may read key) -> (B, L, D)."""
+        batch, length, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(batch, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, H, L, D/H)
+        x = x + self.dropout(self.proj(att.transpose(1, 2).reshape(batch, length, width)))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
+
+@register_backbone("sasrec")
+class SASRecBackbone(Backbone):
+    """Causal Transformer encoder (B, L, D) -> (B, L, D); weights not nested (see module docstring)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        width = config.ladder[-1]
+        if width % config.sasrec_heads:
+            raise ValueError(f"width {width} is not divisible by sasrec_heads={config.sasrec_heads}")
+        self.positions = nn.Embedding(config.max_len, width)
+        nn.init.normal_(self.positions.weight, std=0.02)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(
+            SASRecBlock(width, config.sasrec_heads, config.ffn_multiplier, config.dropout)
+            for _ in range(config.num_blocks)
+        )
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
+        length = x.shape[1]
+        if length > self.positions.num_embeddings:
+            raise ValueError(f"sequence length {length} exceeds max_len={self.positions.num_embeddings}")
+        from_right = torch.arange(length - 1, -1, -1, device=x.device)  # last item = position 0
+        real = pad_mask[..., None].to(x.dtype)
+        x = self.dropout(x + self.positions(from_right)) * real
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        eye = torch.eye(length, dtype=torch.bool, device=x.device)
+        allowed = ((causal & pad_mask[:, None, :]) | eye)[:, None]  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x)
+
+    def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
+        raise SlicingNotSupported(
+            "SASRec's weights are not nested (MRL-style baseline: only the output representation and the "
+            f"item embeddings are truncated), so there is no standalone width-{d} model. The size-{d} scores "
+            "are model.score(seq)[ladder.index(d)], i.e. h[:, :d] . E[:, :d]^T of the full-width network."
+        )

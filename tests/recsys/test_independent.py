@@ -1,0 +1,47 @@
+"""Independent baseline: one sub-run per size, combined metrics.json shaped like a nested run's."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from test_train import tiny_cfg
+
+from recsys.independent import run_independent, size_config
+
+
+def test_size_config_is_a_single_size_model(processed_dataset):
+    cfg = tiny_cfg(processed_dataset, "model.independent=true", "loss.size_weights=[1,2,3]", "trainer.monitor_size=8")
+    sub = size_config(cfg, 8)
+    assert list(sub.model.ladder) == [8] and sub.model.width == 8 and sub.model.independent is False
+    assert sub.loss.size_weights is None and sub.trainer.monitor_size is None
+    assert cfg.model.width == 16  # the original is untouched
+
+
+@pytest.mark.slow
+def test_tiny_independent_run_writes_per_size_runs_and_combined_metrics(processed_dataset, tmp_path):
+    cfg = tiny_cfg(processed_dataset, "model.independent=true", "trainer.max_epochs=1", "model.ladder=[4,8]",
+                   "model.width=8")
+    out = run_independent(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics == json.loads(json.dumps(out["metrics"]))
+    assert metrics["independent"] is True and metrics["sizes"] == [4, 8]
+    for split in ("validation", "test"):
+        assert set(metrics[split]) == {"4", "8"}
+        assert set(metrics[split]["8"]) == {f"{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in (5, 10)}
+    for d in (4, 8):
+        sub = tmp_path / "run" / f"d{d:04d}"
+        sub_metrics = json.loads((sub / "metrics.json").read_text())
+        assert sub_metrics["sizes"] == [d]
+        assert sub_metrics["test"][str(d)] == metrics["test"][str(d)]
+        assert (sub / "checkpoints" / "best.pt").is_file()
+        assert metrics["train_time_s"][str(d)] > 0 and metrics["epochs"][str(d)] == 1
+
+
+@pytest.mark.slow
+def test_recsys_train_cli_dispatches_independent(processed_dataset, tmp_path):
+    args = ["experiment=tiny", "data.name=generic", f"data.path={processed_dataset}", "model.independent=true",
+            "trainer.max_epochs=1", "model.ladder=[4,8]", "model.width=8", f"run_dir={tmp_path / 'cli'}"]
+    subprocess.run([sys.executable, "-m", "recsys.train", *args], check=True, capture_output=True, timeout=300)
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert set(metrics["test"]) == {"4", "8"} and (tmp_path / "cli" / "d0004" / "metrics.json").is_file()
