@@ -51,6 +51,7 @@ def child(args: argparse.Namespace) -> None:
         "trainer.progress=false",
         f"trainer.batch_size={args.batch}",
         "trainer.device=cpu",
+        f"trainer.stop_after_steps={args.steps}",
         *VARIANTS[args.variant],
     ]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -60,14 +61,17 @@ def child(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         trainer.fit()
         train_s = time.perf_counter() - start
+        steps = trainer.step
         results = trainer.test_best()
         trainer.tb.close()
     out = {
         "variant": args.variant,
         "ladder": ladder,
-        "epochs": trainer.epoch,
+        "steps": steps,
         "windows_per_epoch": trainer.dataset.num_train_windows,
-        "s_per_epoch": train_s / max(1, trainer.epoch),
+        "batches_per_epoch": trainer.batches_per_epoch,
+        "s_per_step": train_s / max(1, steps),
+        "s_per_epoch": train_s / max(1, steps) * trainer.batches_per_epoch,  # extrapolated when steps < epoch
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "test": {str(d): results["test"][d] for d in ladder},
@@ -78,13 +82,13 @@ def child(args: argparse.Namespace) -> None:
 def run_child(variant: str, ladder: list[int], args: argparse.Namespace) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "benchmarks.backbones", "--child", "--variant", variant, "--data", args.data,
-           "--epochs", str(args.epochs), "--batch", str(args.batch), "--ladder", *map(str, ladder)]
+           "--epochs", str(args.epochs), "--steps", str(args.steps), "--batch", str(args.batch), "--ladder", *map(str, ladder)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{variant} {ladder} failed:\n{proc.stderr[-3000:]}")
     res = json.loads(lines[-1][len("RESULT "):])
-    print(f"{variant} {ladder}: {res['s_per_epoch']:.1f} s/epoch, {res['peak_rss_mib']:.0f} MiB", flush=True)
+    print(f"{variant} {ladder}: {res['s_per_step']:.2f} s/step, {res['peak_rss_mib']:.0f} MiB", flush=True)
     return res
 
 
@@ -96,20 +100,25 @@ def table(rows: list[dict], ladder: list[int], args: argparse.Namespace) -> str:
         f"{' '.join(map(str, ladder))}`: ML-1M (6,040 users, 3,416 items after filtering, MiniLM text "
         f"features), leave-one-out, full ranking; ladder {ladder}, 1 block, max_len 50, "
         f"{args.epochs} epochs, batch {args.batch}, lr 1e-3, no early stopping, best validation "
-        "checkpoint. One torch thread per process (`OMP_NUM_THREADS=1`, the 2-core machine was shared "
+        "checkpoint (with `--steps`, training stops before any validation: the final weights are tested). One torch thread per process (`OMP_NUM_THREADS=1`, the 2-core machine was shared "
         "with other jobs: timings carry +-30%). Independent = one LRU model trained per size "
         "(ladder [d]); its time and memory are per size. Far from converged: compare variants, not "
         "absolute values with the literature.",
         "",
-        "| variant | size d | NDCG@10 | Recall@10 | s / epoch | peak RSS (MiB) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"Training: {rows[0]['steps'] if rows else '?'} steps of batch {args.batch} "
+        f"(epoch = {rows[0]['windows_per_epoch'] if rows else '?'} training windows)"
+        + (" - **a fraction of one epoch** (`--steps`); s / epoch is extrapolated from s / step."
+           if args.steps else "."),
+        "",
+        "| variant | size d | NDCG@10 | Recall@10 | s / step | s / epoch | peak RSS (MiB) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         for d in r["sizes"]:
             m = r["test"][str(d)]
             lines.append(
                 f"| {r['variant']} | {d} | {m['ndcg@10']:.4f} | {m['recall@10']:.4f} | "
-                f"{r['s_per_epoch'][str(d)]:.1f} | {r['peak_rss_mib'][str(d)]:.0f} |"
+                f"{r['s_per_step'][str(d)]:.2f} | {r['s_per_epoch'][str(d)]:.0f} | {r['peak_rss_mib'][str(d)]:.0f} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -122,6 +131,7 @@ def main() -> None:
     ap.add_argument("--data", default="data/ml-1m")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=0, help="> 0: stop after this many steps (not whole epochs)")
     ap.add_argument("--ladder", type=int, nargs="+", default=[8, 16, 32, 64])
     args = ap.parse_args()
     if args.child:
@@ -134,11 +144,15 @@ def main() -> None:
             merged = {"variant": variant, "sizes": args.ladder,
                       "test": {str(d): p["test"][str(d)] for d, p in zip(args.ladder, parts)},
                       "s_per_epoch": {str(d): p["s_per_epoch"] for d, p in zip(args.ladder, parts)},
+                      "s_per_step": {str(d): p["s_per_step"] for d, p in zip(args.ladder, parts)},
+                      "steps": parts[0]["steps"], "windows_per_epoch": parts[0]["windows_per_epoch"],
                       "peak_rss_mib": {str(d): p["peak_rss_mib"] for d, p in zip(args.ladder, parts)}}
         else:
             r = run_child(variant, args.ladder, args)
             merged = {"variant": variant, "sizes": args.ladder, "test": r["test"],
                       "s_per_epoch": {str(d): r["s_per_epoch"] for d in args.ladder},
+                      "s_per_step": {str(d): r["s_per_step"] for d in args.ladder},
+                      "steps": r["steps"], "windows_per_epoch": r["windows_per_epoch"],
                       "peak_rss_mib": {str(d): r["peak_rss_mib"] for d in args.ladder}}
         rows.append(merged)
         RESULTS.mkdir(exist_ok=True)
