@@ -18,6 +18,12 @@ exporter checks parity: on a sample of test users, the artifact's top-K (K = 10 
 the python loader and through the program equals the trained model's size-d top-K, scores
 within 1e-4 relative; and its parameter count equals that of a backbone built at width d. A
 failure raises :class:`ParityError` and nothing is written for that size.
+
+A backbone whose weights are not nested (sasrec, ``backbone.nested`` False) has no width-d
+network: its size-d artifact holds the full-width backbone with a fixed output truncation
+(``model_config.output_size = d``), the full-width input item embeddings (``input_embeddings``,
+(N+1, D), in item_embeddings.safetensors) and the (N+1, d) catalog; its parameter count is
+compared with the full-width backbone, and metrics.json records ``"nested": false``.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from serving.artifact import (
     FORMAT,
     FORMAT_VERSION,
     INDEX_FILE,
+    INPUT_EMB_KEY,
     ITEM_EMB_FILE,
     ITEM_EMB_KEY,
     ITEMS_FILE,
@@ -70,15 +77,22 @@ class InferenceModule(torch.nn.Module):
     """history (B, L) int64, left-padded with 0 -> scores (B, N+1), padding column -inf.
 
     item ids -> rows of the precomputed catalog matrix -> backbone -> last position -> h @ E^T.
+    ``input_embeddings`` (N+1, D): the backbone's input rows when they differ from the catalog
+    (non-nested backbone: full-width inputs, (N+1, d) catalog).
     """
 
-    def __init__(self, backbone: torch.nn.Module, item_embeddings: torch.Tensor):
+    def __init__(
+        self, backbone: torch.nn.Module, item_embeddings: torch.Tensor, input_embeddings: torch.Tensor | None = None
+    ):
         super().__init__()
         self.backbone = backbone
         self.register_buffer("item_embeddings", item_embeddings.detach().clone().contiguous())
+        self.separate_inputs = input_embeddings is not None
+        if self.separate_inputs:
+            self.register_buffer("input_embeddings", input_embeddings.detach().clone().contiguous())
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        x = self.item_embeddings[history]
+        x = (self.input_embeddings if self.separate_inputs else self.item_embeddings)[history]
         h = self.backbone(x, history != 0)[:, -1]
         scores = h @ self.item_embeddings.T
         pad = torch.full_like(scores[:, :1], float("-inf"))
@@ -158,10 +172,13 @@ def check_parity(
         got = rec.scores(inputs).float()
         for k in PARITY_KS:
             _topk_matches(ref, got, min(k, k_max), f"size {d}, {engine} path")
-    # parameter count: the width-d backbone built from scratch
+    # parameter count: the width-d backbone built from scratch (non-nested: the full-width one)
     from recsys.nn import build_backbone
 
-    fresh_cfg = dataclasses.replace(model.config, ladder=model.config.ladder[: model.ladder.index(d) + 1])
+    if model.backbone.nested:
+        fresh_cfg = dataclasses.replace(model.config, ladder=model.config.ladder[: model.ladder.index(d) + 1])
+    else:
+        fresh_cfg = dataclasses.replace(model.config, output_size=d)
     fresh = sum(p.numel() for p in build_backbone(fresh_cfg.backbone, fresh_cfg).parameters())
     if artifact.num_parameters != fresh:
         raise ParityError(f"size {d}: artifact holds {artifact.num_parameters} parameters, a width-{d} "
@@ -186,12 +203,16 @@ def write_size(
     source: dict[str, Any],
 ) -> None:
     small = model.slice(d).eval()
+    nested = bool(small.backbone.nested)
     with torch.inference_mode():
-        emb = small.item_embeddings().float().contiguous()  # (N+1, d)
+        full = small.item_embeddings().float()  # (N+1, d); non-nested backbone: (N+1, D)
+    emb = full[:, :d].clone().contiguous()  # (N+1, d) catalog (own storage)
+    inputs = None if nested else full.contiguous()  # full-width backbone inputs
     backbone_state = {k: v.detach().contiguous().cpu() for k, v in small.backbone.state_dict().items()}
     staging.mkdir(parents=True)
     save_file(backbone_state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT, "size": str(d)})
-    save_file({ITEM_EMB_KEY: emb}, str(staging / ITEM_EMB_FILE), metadata={"format": FORMAT, "size": str(d)})
+    tables = {ITEM_EMB_KEY: emb} if nested else {ITEM_EMB_KEY: emb, INPUT_EMB_KEY: inputs}
+    save_file(tables, str(staging / ITEM_EMB_FILE), metadata={"format": FORMAT, "size": str(d)})
     (staging / ITEMS_FILE).write_text(json.dumps({"item_ids": item_ids}))
     config = {
         "format": FORMAT,
@@ -200,6 +221,7 @@ def write_size(
         "num_items": small.num_items,
         "max_len": small.config.max_len,
         "backbone": small.config.backbone,
+        "nested": nested,
         "model_config": dataclasses.asdict(small.config),
         "program": PROGRAM_FILE,
         "program_format": "torch.export",
@@ -208,7 +230,7 @@ def write_size(
         "source": source,
     }
     (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-    module = InferenceModule(small.backbone, emb).eval()
+    module = InferenceModule(small.backbone, emb, inputs).eval()
     export_program(module, small.config.max_len, staging / PROGRAM_FILE)
     params = int(sum(v.numel() for v in backbone_state.values()))
     metrics = {
@@ -218,6 +240,8 @@ def write_size(
         "filter_history": run_metrics.get("filter_history"),
         "parameters": params,
         "catalog_parameters": int(emb.numel()),
+        "nested": nested,  # False: full-width backbone + output truncated to d (parameters = full width)
+        **({} if nested else {"input_embedding_parameters": int(inputs.numel())}),
         "trained_model_parameters_at_size": int(sum(p.numel() for p in small.parameters())),
     }
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))

@@ -6,7 +6,10 @@
     scores at size d: h[:, :d] . E[:, :d]^T;  loss: Matryoshka CE over every size
 
 Every weight is nested (see recsys/nn/nested.py), so ``model.slice(d)`` is an ordinary model
-of width d whose scores equal this model's size-d scores.
+of width d whose scores equal this model's size-d scores. For a backbone whose weights are not
+nested (``backbone.nested`` False: sasrec, MRL-style) ``slice(d)`` keeps the full-width weights
+and sets ``config.output_size = d``: the hidden state is truncated to ``[:d]`` and ``score``
+returns size d only (M = 1), equal to this model's size-d scores.
 
 Example::
 
@@ -59,6 +62,7 @@ class ModelConfig:
     mamba_dt_rank: int = 0  # low-rank dt; 0 = auto, ceil(s_1 / 16) (x_proj reads the smallest slice)
     mamba_ffn: bool = False  # add the nested gated FFN after each Mamba mixer
     sasrec_heads: int = 1  # backbone=sasrec: attention heads (must divide D)
+    output_size: int = 0  # 0: score every size; d: hidden truncated to [:d], only size d scored (non-nested slice)
 
     def __post_init__(self):
         # Hydra/JSON hand over lists; the config is hashable and comparable with tuples.
@@ -87,6 +91,7 @@ class ModelConfig:
             "mamba_ffn": isinstance(self.mamba_ffn, bool),
             "sasrec_heads": isinstance(self.sasrec_heads, int) and self.sasrec_heads >= 1
             and (self.backbone != "sasrec" or self.ladder[-1] % self.sasrec_heads == 0),
+            "output_size": isinstance(self.output_size, int) and (self.output_size == 0 or self.output_size in self.ladder),
         }
         for name, ok in checks.items():
             if not ok:
@@ -126,7 +131,8 @@ class MatryoshkaRecModel(nn.Module):
 
     @property
     def ladder(self) -> tuple[int, ...]:
-        return self.config.ladder
+        """The sizes this model scores: the config's ladder, or ``(output_size,)`` when that is set."""
+        return (self.config.output_size,) if self.config.output_size else self.config.ladder
 
     def load_item_features(self, features: dict[str, torch.Tensor]) -> None:
         """Copy one (N+1, F) table per modality into the torchrec tables."""
@@ -139,7 +145,8 @@ class MatryoshkaRecModel(nn.Module):
         return emb * (self.item_ids != 0)[:, None].to(emb.dtype)
 
     def encode(self, seq: torch.Tensor, item_emb: torch.Tensor | None = None) -> torch.Tensor:
-        """seq (B, L) left-padded with 0 -> hidden (B, L, D). ``item_emb`` (N+1, D) reused if given."""
+        """seq (B, L) left-padded with 0 -> hidden (B, L, D), or (B, L, output_size) when set.
+        ``item_emb`` (N+1, D) reused if given."""
         if item_emb is None:
             item_emb = self.item_embeddings()
         x = self.input_dropout(item_emb[seq])  # (B, L, D)
@@ -166,8 +173,17 @@ class MatryoshkaRecModel(nn.Module):
         return scores
 
     def slice(self, d: int) -> MatryoshkaRecModel:
-        """Standalone model of width d holding only the [:d] slices of the weights (ValueError if d not in ladder)."""
-        config = dataclasses.replace(self.config, ladder=truncate_ladder(self.ladder, d))
+        """Standalone model of width d holding only the [:d] slices of the weights (ValueError if d not in ladder).
+
+        Non-nested backbone (sasrec): the full-width weights with ``output_size = d`` (hidden and
+        scores truncated to size d), since there is no width-d network to cut out.
+        """
+        ladder = truncate_ladder(self.ladder, d)
+        if not self.backbone.nested:
+            small = MatryoshkaRecModel(dataclasses.replace(self.config, output_size=d), self.num_items, self.feature_dims)
+            small.load_state_dict(self.state_dict())
+            return small.to(self.item_ids.device).train(self.training)
+        config = dataclasses.replace(self.config, ladder=ladder)
         small = MatryoshkaRecModel(config, self.num_items, self.feature_dims)
         small.load_state_dict(sliced_state_dict(self, d))
         return small.to(self.item_ids.device).train(self.training)

@@ -5,6 +5,7 @@ Layout of ``EXPORT_DIR/d{d:04d}/`` (written by ``recsys-export``, see docs/servi
     config.json                  format, size d, num_items, max_len, the width-d ModelConfig fields
     model.safetensors            the width-d backbone weights (the [:d] slice of the trained model)
     item_embeddings.safetensors  "item_embeddings": (N+1, d) precomputed catalog matrix, row 0 = padding
+                                 (+ "input_embeddings": (N+1, D) backbone inputs, non-nested backbones only)
     items.json                   {"item_ids": [...]}: original item id of item_idx i+1 at index i
     program.pt2                  torch.export program: history (B, max_len) int64 -> scores (B, N+1)
     metrics.json                 validation/test metrics at size d, parameter count, file sizes
@@ -13,6 +14,10 @@ Layout of ``EXPORT_DIR/d{d:04d}/`` (written by ``recsys-export``, see docs/servi
 ``load_artifact`` reads safetensors and JSON only (no pickle); the backbone is rebuilt from
 ``recsys.nn`` (no torchrec, no training config) and the program is loaded with
 ``torch.export.load`` on demand, which needs neither recsys nor this package.
+
+Non-nested backbone (sasrec, config ``"nested": false``): model.safetensors holds the full-width
+weights, ``model_config.output_size = d`` makes the rebuilt backbone return ``h[..., :d]``, and
+the backbone reads the full-width ``input_embeddings`` while scoring uses the (N+1, d) catalog.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ITEM_EMB_FILE = "item_embeddings.safetensors"
 ITEM_EMB_KEY = "item_embeddings"
+INPUT_EMB_KEY = "input_embeddings"
 ITEMS_FILE = "items.json"
 PROGRAM_FILE = "program.pt2"
 METRICS_FILE = "metrics.json"
@@ -122,6 +128,7 @@ class Artifact:
     item_embeddings: torch.Tensor  # (N+1, d), row 0 = padding
     item_ids: list[str]  # index i -> original id of item_idx i+1
     metrics: dict[str, Any]
+    input_embeddings: torch.Tensor | None = None  # (N+1, D) backbone inputs; None: the catalog matrix
     _backbone: torch.nn.Module | None = field(default=None, repr=False)
     _program: torch.nn.Module | None = field(default=None, repr=False)
 
@@ -135,7 +142,8 @@ class Artifact:
 
     @property
     def num_parameters(self) -> int:
-        """Parameters of the width-d inference model, excluding the precomputed catalog matrix."""
+        """Parameters of the width-d inference model (non-nested backbone: the full-width one),
+        excluding the precomputed catalog and input matrices."""
         return int(sum(t.numel() for t in self.state.values()))
 
     def backbone(self) -> torch.nn.Module:
@@ -187,9 +195,15 @@ def load_artifact(directory: str | Path, verify: bool = True) -> Artifact:
             f"{directory}: item_embeddings {tuple(item_embeddings.shape)} / {len(item_ids)} item ids do not "
             f"match num_items={num_items}, size={size}"
         )
+    inputs = emb[INPUT_EMB_KEY].float() if INPUT_EMB_KEY in emb else None
+    if inputs is not None:
+        width = int(config.get("model_config", {}).get("ladder", [size])[-1])
+        if inputs.shape != (num_items + 1, width):
+            raise ArtifactError(f"{directory}: input_embeddings {tuple(inputs.shape)} do not match "
+                                f"num_items={num_items}, width={width}")
     metrics_path = directory / METRICS_FILE
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
-    return Artifact(directory, size, config, state, item_embeddings, item_ids, metrics)
+    return Artifact(directory, size, config, state, item_embeddings, item_ids, metrics, inputs)
 
 
 def read_index(export_dir: str | Path) -> dict[str, Any]:

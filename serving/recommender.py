@@ -60,7 +60,9 @@ class Recommender:
         self.size, self.max_len, self.num_items = artifact.size, artifact.max_len, artifact.num_items
         self.item_ids = artifact.item_ids
         self.index = {item_id: i + 1 for i, item_id in enumerate(artifact.item_ids)}
-        self.item_embeddings = artifact.item_embeddings
+        self.item_embeddings = artifact.item_embeddings  # (N+1, d) catalog
+        inputs = artifact.input_embeddings  # (N+1, D) for a non-nested backbone (sasrec)
+        self.input_embeddings = self.item_embeddings if inputs is None else inputs
         if engine == "program":
             artifact.program()
         if engine == "python" or ann is not None:
@@ -114,7 +116,7 @@ class Recommender:
     @torch.inference_mode()
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, max_len) item_idx -> (B, d) hidden state of the last position (python backbone)."""
-        x = self.item_embeddings[batch]
+        x = self.input_embeddings[batch]
         return self.artifact.backbone()(x, batch != 0)[:, -1]
 
     @torch.inference_mode()

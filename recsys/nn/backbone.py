@@ -10,6 +10,10 @@ A backbone is registered by name and built from the model config::
 ``build_backbone("mybackbone", config)`` then builds it and ``model.py`` needs no change. Every
 parameter must sit in a module that declares its nesting (``sliced_state(d)``, see nested.py),
 so ``slice(d)`` works for any backbone without backbone-specific code.
+
+A backbone whose weights are not nested sets ``nested = False`` (sasrec): its ``slice(d)`` keeps
+the full-width weights and sets ``config.output_size = d``, and its ``forward`` must then return
+only ``hidden[..., :d]``.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class Backbone(nn.Module):
     """Nested sequence encoder. Subclasses set up layers from ``config`` (ladder, blocks, dropout...)."""
 
     name: str = ""
+    nested: bool = True  # False: weights are dense; slice(d) = full width + output truncated to d
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -43,8 +48,14 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
     def slice(self, d: int) -> Backbone:
-        """Standalone backbone of width d holding only the ``[:d]`` slices of this one's weights."""
-        config = dataclasses.replace(self.config, ladder=truncate_ladder(self.config.ladder, d))
+        """Standalone backbone of width d holding only the ``[:d]`` slices of this one's weights
+        (non-nested backbone: all its weights, output truncated to ``[:d]``)."""
+        ladder = truncate_ladder(self.config.ladder, d)
+        if not self.nested:
+            small = build_backbone(self.name, dataclasses.replace(self.config, output_size=d))
+            small.load_state_dict(self.state_dict())
+            return small.train(self.training)
+        config = dataclasses.replace(self.config, ladder=ladder)
         small = build_backbone(self.name, config)
         small.load_state_dict(sliced_state_dict(self, d))
         return small.train(self.training)

@@ -13,8 +13,10 @@ Padding rows are zeroed at the input and never read by a real query.
 Nesting: **only the output is nested (MRL-style)**. The weights are ordinary dense weights, so
 there is no standalone width-d SASRec: the score at size d is ``h[:, :d] . E[:, :d]^T`` from
 the full-width network (the Matryoshka loss trains every prefix of h and of E). Consequently
-``MatryoshkaRecModel.slice(d)`` (and ``Backbone.slice``, export) raise ``SlicingNotSupported``
-with an explanation; use ``model.score(seq)[m]`` for the size-d scores.
+``MatryoshkaRecModel.slice(d)`` and ``Backbone.slice(d)`` (``nested = False``) keep the
+full-width weights and set ``config.output_size = d``: ``forward`` then returns ``h[..., :d]``.
+A size-d export holds the full-width backbone, the full-width input item embeddings and the
+(N+1, d) catalog. ``sliced_state`` (the nested-weights walker) raises ``SlicingNotSupported``.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ class SASRecBlock(nn.Module):
 
 @register_backbone("sasrec")
 class SASRecBackbone(Backbone):
-    """Causal Transformer encoder (B, L, D) -> (B, L, D); weights not nested (see module docstring)."""
+    """Causal Transformer encoder (B, L, D) -> (B, L, D), or (B, L, output_size) when set;
+    weights not nested (see module docstring)."""
+
+    nested = False
 
     def __init__(self, config):
         super().__init__(config)
@@ -74,9 +79,10 @@ class SASRecBackbone(Backbone):
             for _ in range(config.num_blocks)
         )
         self.norm = nn.LayerNorm(width)
+        self.output_size = int(getattr(config, "output_size", 0) or 0)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
+        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D) (or (B, L, output_size))."""
         length = x.shape[1]
         if length > self.positions.num_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_len={self.positions.num_embeddings}")
@@ -88,11 +94,13 @@ class SASRecBackbone(Backbone):
         allowed = ((causal & pad_mask[:, None, :]) | eye)[:, None]  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, allowed)
-        return self.norm(x)
+        h = self.norm(x)
+        return h[..., : self.output_size] if self.output_size else h
 
     def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
         raise SlicingNotSupported(
             "SASRec's weights are not nested (MRL-style baseline: only the output representation and the "
             f"item embeddings are truncated), so there is no standalone width-{d} model. The size-{d} scores "
-            "are model.score(seq)[ladder.index(d)], i.e. h[:, :d] . E[:, :d]^T of the full-width network."
+            "are model.score(seq)[ladder.index(d)], i.e. h[:, :d] . E[:, :d]^T of the full-width network; "
+            "model.slice(d) keeps the full-width weights and truncates the output (config.output_size)."
         )

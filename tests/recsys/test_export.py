@@ -185,3 +185,66 @@ def test_export_run_fails_loudly_when_parity_breaks(exported, tmp_path, monkeypa
     with pytest.raises(ParityError, match="program path"):
         export_run(run_dir, sizes="4", out=tmp_path / "bad", parity_users=16)
     assert not (tmp_path / "bad" / "d0004").exists()
+
+
+# ---------------------------------------------------------------------------- sasrec (not nested)
+@pytest.fixture(scope="module")
+def sasrec_exported():
+    return shared.trained_export("backbone=sasrec", "backbone.num_blocks=1", "backbone.sasrec_heads=2")
+
+
+def test_sasrec_export_holds_the_full_width_backbone_and_a_width_d_catalog(sasrec_exported):
+    run_dir, export_dir, index = sasrec_exported
+    assert index["sizes"] == list(SIZES)
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    full = build_backbone("sasrec", build_model(cfg, build_dataset(cfg)).config)
+    full_count = sum(p.numel() for p in full.parameters())
+    for d in SIZES:
+        directory = export_dir / f"d{d:04d}"
+        assert {p.name for p in directory.iterdir()} == FILES
+        config = json.loads((directory / "config.json").read_text())
+        assert config["nested"] is False and config["size"] == d
+        assert config["model_config"]["ladder"] == [4, 8, 16] and config["model_config"]["output_size"] == d
+        metrics = json.loads((directory / "metrics.json").read_text())
+        assert metrics["nested"] is False and metrics["parameters"] == full_count
+        assert metrics["catalog_parameters"] == 61 * d and metrics["input_embedding_parameters"] == 61 * 16
+        artifact = load_artifact(directory)
+        assert artifact.item_embeddings.shape == (61, d) and artifact.input_embeddings.shape == (61, 16)
+        torch.testing.assert_close(artifact.item_embeddings, artifact.input_embeddings[:, :d])
+        assert artifact.num_parameters == full_count == index["entries"][str(d)]["parameters"]
+
+
+@pytest.mark.parametrize("engine", ["python", "program"])
+def test_sasrec_parity_with_the_trained_model_at_every_size(sasrec_exported, engine):
+    run_dir, export_dir, _ = sasrec_exported
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    dataset = build_dataset(cfg)
+    model = build_model(cfg, dataset)
+    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
+    model.eval()
+    inputs = dataset.split("test").inputs
+    with torch.no_grad():
+        ref_all = model.score(inputs)
+    for j, d in enumerate(SIZES):
+        rec = Recommender(load_artifact(export_dir / f"d{d:04d}"), engine=engine)
+        got = rec.scores(inputs)
+        assert got.shape == ref_all[j].shape == (len(inputs), 61)
+        torch.testing.assert_close(got[:, 1:], ref_all[j][:, 1:], rtol=1e-4, atol=1e-4)
+        for k in (10, 50):
+            _topk_matches(ref_all[j], got, k, f"sasrec d{d} {engine}")
+        # request path: original ids in, the trained model's size-d top-K out
+        history = [f"i{i}" for i in inputs[0][inputs[0] > 0].tolist()]
+        top = rec.recommend(history, k=5, exclude_seen=False)
+        expected = torch.topk(ref_all[j][0], 5).indices.tolist()
+        assert [item for item, _ in top] == [f"i{i}" for i in expected]
+
+
+def test_sasrec_program_runs_standalone(sasrec_exported):
+    _, export_dir, _ = sasrec_exported
+    artifact = load_artifact(export_dir / "d0008")
+    program = torch.export.load(str(export_dir / "d0008" / "program.pt2")).module()
+    history = torch.tensor([[0, 0, 0, 0, 0, 1, 2, 3, 4, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [0] * 9 + [3]])
+    got = program(history)
+    assert got.shape == (3, 61) and torch.isinf(got[:, 0]).all()
+    expected = Recommender(artifact, engine="python").scores(history)
+    torch.testing.assert_close(got[:, 1:], expected[:, 1:], rtol=1e-5, atol=1e-5)

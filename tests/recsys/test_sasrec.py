@@ -1,10 +1,12 @@
-"""SASRec baseline: trains, causal, padding-invariant, MRL scores = h[:, :d] . E[:, :d]; slice refused."""
+"""SASRec baseline: trains, causal, padding-invariant, MRL scores = h[:, :d] . E[:, :d]; slice(d) = full
+weights + output truncated to d."""
 
 import pytest
 import torch
 from test_model import FEATURE_DIMS, NUM_ITEMS
 
 from recsys.model import MatryoshkaRecModel, ModelConfig
+from recsys.nn.nested import sliced_state_dict
 from recsys.nn.sasrec import SlicingNotSupported
 
 
@@ -49,12 +51,42 @@ def test_size_d_scores_are_truncated_hidden_dot_truncated_item_embeddings():
         assert bool(torch.isneginf(scores[m, :, 0]).all())
 
 
-def test_slice_raises_a_clear_error():
+def test_slice_keeps_full_width_weights_and_truncates_the_output():
     model = make_model()
-    with pytest.raises(SlicingNotSupported, match="not nested"):
-        model.slice(12)
+    seq = torch.randint(0, NUM_ITEMS + 1, (3, 8))
+    seq[0, :4] = 0
+    with torch.no_grad():
+        full = model.score(seq)
+        for m, d in enumerate(model.ladder):
+            small = model.slice(d)
+            assert small.config.ladder == model.ladder and small.config.output_size == d and small.ladder == (d,)
+            assert sum(p.numel() for p in small.backbone.parameters()) == sum(
+                p.numel() for p in model.backbone.parameters())
+            scores = small.score(seq)
+            assert scores.shape == (1, 3, NUM_ITEMS + 1)
+            torch.testing.assert_close(scores[0], full[m], rtol=1e-5, atol=1e-5)
+            assert small.encode(seq).shape == (3, 8, d)
+            backbone = model.backbone.slice(d)  # Backbone.slice: same semantics
+            x = torch.randn(3, 8, 40)
+            torch.testing.assert_close(backbone(x, seq != 0), model.backbone(x, seq != 0)[..., :d])
+    with pytest.raises(ValueError, match="not in the ladder"):
+        model.slice(10)
+    with pytest.raises(ValueError, match="not in the ladder"):
+        model.slice(12).slice(4)
+    with pytest.raises(SlicingNotSupported, match="not nested"):  # the nested-weights walker still refuses
+        sliced_state_dict(model, 12)
     with pytest.raises(ValueError, match="sasrec_heads"):
         ModelConfig(ladder=(4, 10), backbone="sasrec", sasrec_heads=4)
+    with pytest.raises(ValueError, match="output_size"):
+        ModelConfig(ladder=(4, 12), backbone="sasrec", output_size=8)
+
+
+def test_sliced_model_saves_and_loads(tmp_path):
+    model = make_model()
+    seq = torch.randint(0, NUM_ITEMS + 1, (2, 8))
+    model.slice(12).save(tmp_path / "s")
+    with torch.no_grad():
+        torch.testing.assert_close(MatryoshkaRecModel.load(tmp_path / "s").eval().score(seq), model.slice(12).score(seq))
 
 
 @pytest.mark.slow

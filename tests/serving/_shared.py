@@ -39,14 +39,15 @@ def tiny_cfg(dataset_dir: Path, *overrides: str):
 
 
 @functools.cache
-def trained_export() -> tuple[Path, Path, dict]:
-    """(run_dir, export_dir, index) of a 2-epoch tiny run exported at every size (4, 8, 16)."""
+def trained_export(*overrides: str) -> tuple[Path, Path, dict]:
+    """(run_dir, export_dir, index) of a 2-epoch tiny run exported at every size (4, 8, 16);
+    ``overrides`` (e.g. "backbone=sasrec") are added to the run's config."""
     from recsys.export import export_run
 
     root = Path(tempfile.mkdtemp(prefix="recsys-serving-tests-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     dataset = write_processed_dataset(root / "dataset")
-    out = run(tiny_cfg(dataset, "trainer.max_epochs=2", "trainer.optimizer.lr=0.01"), root / "run")
+    out = run(tiny_cfg(dataset, "trainer.max_epochs=2", "trainer.optimizer.lr=0.01", *overrides), root / "run")
     run_dir = Path(out["run_dir"])
     index = export_run(run_dir, out=root / "export", parity_users=64)
     return run_dir, root / "export", index
