@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
 from omegaconf.errors import ConfigKeyError
 
 from recsys.builders import model_config

@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 import torch
 from test_model import DEFAULT_LADDER, FEATURE_DIMS, NUM_ITEMS, assert_scores_match, batch, count
+from test_model import train_steps as train_steps_on
 
 from recsys.model import MatryoshkaRecModel, ModelConfig
 from recsys.nn.mamba import (
@@ -32,14 +33,7 @@ def short_batch(seed=1, length=8):
 
 
 def train_steps(model, steps=3, lr=1e-2):
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    for step in range(steps):
-        total, _ = model.loss(*short_batch(seed=10 + step))
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-    return model.eval()
+    return train_steps_on(model, steps, lr, make_batch=short_batch)
 
 
 def check_every_size(model):

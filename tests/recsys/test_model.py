@@ -29,11 +29,13 @@ def batch(seed=1):
     return seq, targets
 
 
-def train_steps(model, steps=3, lr=1e-2):
+def train_steps(model, steps=3, lr=1e-2, make_batch=None):
+    """A few AdamW steps on random batches (``make_batch(seed)``, default :func:`batch`); returns the model in eval mode."""
+    make_batch = make_batch or batch
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     for step in range(steps):
-        total, _ = model.loss(*batch(seed=10 + step))
+        total, _ = model.loss(*make_batch(seed=10 + step))
         opt.zero_grad()
         total.backward()
         opt.step()
