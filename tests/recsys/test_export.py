@@ -3,17 +3,16 @@ count, standalone program loading, checksum tampering, CLI."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
+from support import trained_export
 
 from recsys.builders import build_dataset, build_model
 from recsys.checkpoint import load_checkpoint
@@ -22,13 +21,6 @@ from recsys.nn import build_backbone
 from serving.artifact import ArtifactError, load_artifact, serving_model_config
 from serving.recommender import Recommender
 
-_path = Path(__file__).resolve().parents[1] / "serving" / "_shared.py"
-if "recsys_serving_test_shared" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("recsys_serving_test_shared", _path)
-    sys.modules["recsys_serving_test_shared"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["recsys_serving_test_shared"])
-shared = sys.modules["recsys_serving_test_shared"]
-
 SIZES = (4, 8, 16)
 FILES = {"config.json", "model.safetensors", "item_embeddings.safetensors", "items.json", "program.pt2",
          "metrics.json", "checksums.json"}
@@ -36,17 +28,40 @@ FILES = {"config.json", "model.safetensors", "item_embeddings.safetensors", "ite
 
 @pytest.fixture(scope="module")
 def exported():
-    return shared.trained_export()
+    return trained_export()
 
 
-@pytest.fixture(scope="module")
-def trained(exported):
-    run_dir, _, _ = exported
+def load_trained(run_dir):
+    """(dataset, model in eval mode with the run's best checkpoint)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     dataset = build_dataset(cfg)
     model = build_model(cfg, dataset)
     model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
     return dataset, model.eval()
+
+
+def assert_artifacts_match_the_model(export_dir, model, inputs, engine, label):
+    """Every size's artifact gives the trained model's size-d scores and top-10/50; returns the
+    (size, Recommender, reference scores) triples for further checks."""
+    with torch.no_grad():
+        ref_all = model.score(inputs)
+    out = []
+    for j, d in enumerate(SIZES):
+        rec = Recommender(load_artifact(export_dir / f"d{d:04d}"), engine=engine)
+        got = rec.scores(inputs)
+        ref = ref_all[j]
+        assert got.shape == ref.shape == (len(inputs), 61)
+        assert torch.isinf(got[:, 0]).all()
+        torch.testing.assert_close(got[:, 1:], ref[:, 1:], rtol=1e-4, atol=1e-4)
+        for k in (10, 50):
+            _topk_matches(ref, got, k, f"{label} d{d} {engine}")  # raises ParityError on mismatch
+        out.append((d, rec, ref))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(exported):
+    return load_trained(exported[0])
 
 
 def test_layout_and_index(exported):
@@ -91,20 +106,8 @@ def test_parameter_count_equals_a_model_built_at_width_d(exported):
 
 @pytest.mark.parametrize("engine", ["python", "program"])
 def test_parity_with_the_trained_model_at_every_size(exported, trained, engine):
-    _, export_dir, _ = exported
     dataset, model = trained
-    inputs = dataset.split("test").inputs
-    with torch.no_grad():
-        ref_all = model.score(inputs)
-    for j, d in enumerate(SIZES):
-        rec = Recommender(load_artifact(export_dir / f"d{d:04d}"), engine=engine)
-        got = rec.scores(inputs)
-        ref = ref_all[j]
-        assert got.shape == ref.shape == (len(inputs), 61)
-        assert torch.isinf(got[:, 0]).all()
-        torch.testing.assert_close(got[:, 1:], ref[:, 1:], rtol=1e-4, atol=1e-4)
-        for k in (10, 50):
-            _topk_matches(ref, got, k, f"d{d} {engine}")  # raises ParityError on mismatch
+    assert_artifacts_match_the_model(exported[1], model, dataset.split("test").inputs, engine, "lru")
 
 
 def test_parity_check_detects_a_wrong_ranking():
@@ -190,7 +193,7 @@ def test_export_run_fails_loudly_when_parity_breaks(exported, tmp_path, monkeypa
 # ---------------------------------------------------------------------------- sasrec (not nested)
 @pytest.fixture(scope="module")
 def sasrec_exported():
-    return shared.trained_export("backbone=sasrec", "backbone.num_blocks=1", "backbone.sasrec_heads=2")
+    return trained_export("backbone=sasrec", "backbone.num_blocks=1", "backbone.sasrec_heads=2")
 
 
 def test_sasrec_export_holds_the_full_width_backbone_and_a_width_d_catalog(sasrec_exported):
@@ -217,25 +220,13 @@ def test_sasrec_export_holds_the_full_width_backbone_and_a_width_d_catalog(sasre
 @pytest.mark.parametrize("engine", ["python", "program"])
 def test_sasrec_parity_with_the_trained_model_at_every_size(sasrec_exported, engine):
     run_dir, export_dir, _ = sasrec_exported
-    cfg = OmegaConf.load(run_dir / "config.yaml")
-    dataset = build_dataset(cfg)
-    model = build_model(cfg, dataset)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
-    model.eval()
+    dataset, model = load_trained(run_dir)
     inputs = dataset.split("test").inputs
-    with torch.no_grad():
-        ref_all = model.score(inputs)
-    for j, d in enumerate(SIZES):
-        rec = Recommender(load_artifact(export_dir / f"d{d:04d}"), engine=engine)
-        got = rec.scores(inputs)
-        assert got.shape == ref_all[j].shape == (len(inputs), 61)
-        torch.testing.assert_close(got[:, 1:], ref_all[j][:, 1:], rtol=1e-4, atol=1e-4)
-        for k in (10, 50):
-            _topk_matches(ref_all[j], got, k, f"sasrec d{d} {engine}")
+    for _, rec, ref in assert_artifacts_match_the_model(export_dir, model, inputs, engine, "sasrec"):
         # request path: original ids in, the trained model's size-d top-K out
         history = [f"i{i}" for i in inputs[0][inputs[0] > 0].tolist()]
         top = rec.recommend(history, k=5, exclude_seen=False)
-        expected = torch.topk(ref_all[j][0], 5).indices.tolist()
+        expected = torch.topk(ref[0], 5).indices.tolist()
         assert [item for item, _ in top] == [f"i{i}" for i in expected]
 
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from test_train import tiny_cfg
+from support import tiny_cfg
 
 from recsys.independent import run_independent, size_config
 

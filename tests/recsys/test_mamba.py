@@ -1,10 +1,16 @@
 """Nested Mamba backbone: slicing invariant at every size, parameter counts, scan vs loop, padding."""
 
-import dataclasses
 
 import pytest
 import torch
-from test_model import DEFAULT_LADDER, FEATURE_DIMS, NUM_ITEMS, assert_scores_match, batch, count
+from test_model import (
+    DEFAULT_LADDER,
+    FEATURE_DIMS,
+    NUM_ITEMS,
+    assert_scores_match,
+    batch,
+    check_slices_are_models_built_at_width_d,
+)
 from test_model import train_steps as train_steps_on
 
 from recsys.model import MatryoshkaRecModel, ModelConfig
@@ -14,7 +20,6 @@ from recsys.nn.mamba import (
     selective_scan_sequential,
     selective_scan_torch,
 )
-from recsys.nn.nested import sliced_state_dict
 
 MAMBA = {"backbone": "mamba", "num_blocks": 1}
 
@@ -67,18 +72,7 @@ def test_slice_scores_equal_full_scores_on_default_ladder_8_to_1024():
 
 
 def test_slice_parameter_count_equals_model_built_at_width_d():
-    model = train_steps(make_model(mamba_ffn=True))
-    seq, _ = short_batch()
-    with torch.no_grad():
-        full = model.score(seq)
-    for m, d in enumerate(model.ladder):
-        built = MatryoshkaRecModel(
-            dataclasses.replace(model.config, ladder=model.ladder[: m + 1]), NUM_ITEMS, model.feature_dims
-        ).eval()
-        assert count(model.slice(d)) == count(built)
-        built.load_state_dict(sliced_state_dict(model, d))
-        with torch.no_grad():
-            assert_scores_match(built.score(seq)[-1], full[m])
+    check_slices_are_models_built_at_width_d(train_steps(make_model(mamba_ffn=True)), short_batch()[0])
 
 
 def scan_inputs(seed=0, batch=3, length=9, channels=6, n=4, left_pad=(0, 3, 8)):
@@ -145,7 +139,7 @@ def test_one_rung_ladder_is_standard_mamba_as_in_mambapy():
 
 @pytest.mark.slow
 def test_mamba_trains_through_recsys_train(processed_dataset, tmp_path):
-    from test_train import tiny_cfg
+    from support import tiny_cfg
 
     from recsys.train import run
 

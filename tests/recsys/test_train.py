@@ -1,24 +1,15 @@
 """End-to-end training on a small dataset: loss drops, early stopping, exact resume, TensorBoard."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
+from support import tiny_cfg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from recsys.data import SequenceDataset
 from recsys.evaluate import evaluate_split
-from recsys.train import CONFIG_DIR, Trainer, run
-
-
-def tiny_cfg(dataset_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(
-            "config",
-            overrides=["experiment=tiny", "data.name=generic", f"data.path={dataset_dir}", *overrides],
-        )
+from recsys.train import Trainer, run
 
 
 @pytest.mark.parametrize(

@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
-import sys
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from support import trained_export
 
 from serving.app import create_app
-
-_path = Path(__file__).resolve().parent / "_shared.py"
-if "recsys_serving_test_shared" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("recsys_serving_test_shared", _path)
-    sys.modules["recsys_serving_test_shared"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["recsys_serving_test_shared"])
-shared = sys.modules["recsys_serving_test_shared"]
 
 
 @pytest.fixture(scope="module")
 def client():
-    export_dir = shared.trained_export()[1]
+    export_dir = trained_export()[1]
     with TestClient(create_app(export_dir), raise_server_exceptions=False) as c:
         yield c
 

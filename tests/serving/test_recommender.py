@@ -2,29 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from support import trained_export
 
 from serving.artifact import ArtifactError, load_artifact
 from serving.funnel import FunnelRecommender, funnel_recall
 from serving.recommender import Recommender, RequestError
 from serving.tiers import TierSet, load_tiers_file
 
-_path = Path(__file__).resolve().parent / "_shared.py"
-if "recsys_serving_test_shared" not in sys.modules:
-    _spec = importlib.util.spec_from_file_location("recsys_serving_test_shared", _path)
-    sys.modules["recsys_serving_test_shared"] = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(sys.modules["recsys_serving_test_shared"])
-shared = sys.modules["recsys_serving_test_shared"]
-
 
 @pytest.fixture(scope="module")
 def export_dir():
-    return shared.trained_export()[1]
+    return trained_export()[1]
 
 
 @pytest.fixture(scope="module")
