@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -43,15 +44,37 @@ def summarize(dataset_dir: str | Path) -> str:
     return "\n".join(lines)
 
 
+def _finite(text: str) -> float:
+    """argparse type: a finite number (argparse names the option in its error)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return v
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recsys-prep", description=__doc__)
     p.add_argument("dataset", choices=DATASETS, help="built-in name or input format")
     p.add_argument("--out", type=Path, help="output folder (default data/<dataset>)")
     p.add_argument("--cache", type=Path, help="download cache (default $RECSYS_CACHE or ~/.cache/recsys-mrl)")
-    p.add_argument("--k-core", type=int, default=5, help="k-core for users and items (default 5)")
-    p.add_argument("--k-core-users", type=int, help="override --k-core for users")
-    p.add_argument("--k-core-items", type=int, help="override --k-core for items")
-    p.add_argument("--rating-threshold", type=float, help="keep rating >= X")
+    p.add_argument("--k-core", type=_count, default=5, help="k-core for users and items (default 5)")
+    p.add_argument("--k-core-users", type=_count, help="override --k-core for users")
+    p.add_argument("--k-core-items", type=_count, help="override --k-core for items")
+    p.add_argument("--rating-threshold", type=_finite, help="keep rating >= X (a finite number)")
     p.add_argument("--lenient", action="store_true", help="skip malformed lines (counted) instead of failing")
     p.add_argument("--strict", action="store_true", help="duplicates, unknown items, items without text are errors")
     p.add_argument("--duplicates", choices=["keep-first", "error"], default="keep-first")

@@ -17,6 +17,8 @@ rendered from a template.
 
 from __future__ import annotations
 
+import math
+import numbers
 import re
 import string
 import time
@@ -259,6 +261,8 @@ def _items_table(
         "items_with_image": int(table["image_path"].is_not_null().sum()),
         "items_missing_image": int(table["image_path"].is_null().sum()) if "image_path" in raw.items.columns else 0,
     }
+    if "title" in items.columns:  # text (if any) then comes from the template's other fields
+        stats["items_without_title"] = int(items["title"].is_null().sum())
     return table, stats
 
 
@@ -277,6 +281,16 @@ def _seq_stats(lengths: pl.Series) -> dict[str, float]:
         "p90": float(lengths.quantile(0.9, "nearest")),
         "total": int(lengths.sum()),
     }
+
+
+def check_parameters(*, k_core_users: Any, k_core_items: Any, rating_threshold: Any) -> None:
+    """Reject absurd settings (negative or non-integer k-cores, a non-finite threshold), naming them."""
+    for name, k in (("k_core_users", k_core_users), ("k_core_items", k_core_items)):
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {k!r}")
+    t = rating_threshold
+    if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Real) or not math.isfinite(t)):
+        raise ValueError(f"rating_threshold must be a finite number or None, got {rating_threshold!r}")
 
 
 def prepare(
@@ -302,6 +316,7 @@ def prepare(
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
+    check_parameters(k_core_users=k_core_users, k_core_items=k_core_items, rating_threshold=rating_threshold)
     if strict:
         duplicates, unknown_items = "error", "error"
     if duplicates not in ("keep-first", "error"):

@@ -20,6 +20,7 @@ import csv
 import gzip
 import io
 import json
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ MOVIELENS_TEMPLATE = "{title} ({year}). Genres: {genres}."
 AMAZON_TEMPLATE = "{title}. Brand: {brand}. Price: {price}. Categories: {categories}."
 PLACEHOLDERS = frozenset({"unkonwn", "unknown title"})  # ML-100K item 267's title/year placeholder
 FIRST_LINES = 5  # how many line numbers of each skip reason are kept in the manifest
+# Largest accepted timestamp: 2100-01-01 in nanoseconds, so epochs in s, ms, us or ns all fit in int64.
+MAX_TIMESTAMP = 4_102_444_800 * 10**9
 
 # RecBole atomic column names -> canonical text field names
 ATOMIC_RENAME = {
@@ -85,22 +88,27 @@ class RawData:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
+    """Open a text file (``.gz`` decompressed); ``utf-8-sig`` drops a leading UTF-8 BOM."""
     if not path.exists():
         raise DataError("file not found", file=path)
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="")  # type: ignore[return-value]
-    return open(path, encoding="utf-8", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # type: ignore[return-value]
+    return open(path, encoding="utf-8-sig", newline="")
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_text(path: Path) -> str:
+    """The whole decoded file (BOM dropped, line ends untouched); decoding errors name the file."""
     try:
         with _open_text(path) as f:
-            text = f.read()
+            return f.read()
     except UnicodeDecodeError as e:
         raise DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", file=path) from e
     except (OSError, EOFError) as e:
         raise DataError(f"cannot read: {e}", file=path) from e
-    lines = text.split("\n")
+
+
+def _read_lines(path: Path) -> list[str]:
+    lines = _read_text(path).split("\n")
     return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
 
 
@@ -122,6 +130,36 @@ def _require_columns(found: list[str], required: list[str], file: Path) -> None:
             )
 
 
+def _reject_rows(
+    df: pl.DataFrame,
+    bad: pl.Expr,
+    reason: str,
+    *,
+    file: Path,
+    lenient: bool,
+    skipped: Skipped,
+    column: str,
+    line_word: str,
+    detail: str = "",
+) -> pl.DataFrame:
+    """Raise on the first ``bad`` row naming file/line (strict) or skip and count every one (lenient)."""
+    mask = df.select(bad.fill_null(False)).to_series()
+    if not mask.any():
+        return df
+    if not lenient:
+        i = int(mask.arg_true()[0])
+        line, value = int(df["line"][i]), df[column][i]
+        shown = value.to_list() if isinstance(value, pl.Series) else value  # a list cell
+        empty = shown is None or (isinstance(shown, str) and not shown)
+        msg = reason + ("" if empty else f" {shown!r}") + detail
+        if line_word == "line":
+            raise DataError(msg, file=file, line=line, column=column)
+        raise DataError(f"{msg} ({line_word} {line})", file=file, column=column)
+    for line in df.filter(mask)["line"].to_list():
+        skipped.add(file, reason, int(line))
+    return df.filter(~mask)
+
+
 def _to_number(
     df: pl.DataFrame,
     col: str,
@@ -132,36 +170,45 @@ def _to_number(
     skipped: Skipped,
     required: bool,
     line_word: str = "line",
+    low: float | None = None,
+    high: float | None = None,
 ) -> pl.DataFrame:
-    """Cast column ``col`` to a number; bad values raise naming file+line (or are skipped)."""
+    """Cast ``col`` to a finite number (within ``[low, high]`` when given).
+
+    Non-numeric, non-finite (NaN, inf) and out-of-range values raise naming file+line (or are
+    skipped and counted). Integer text is cast exactly (no float round trip); fractions are floored.
+    """
     src = df[col]
-    if src.dtype.is_temporal():
-        num = src.cast(pl.Datetime("us")).dt.epoch("s")
+    exact: pl.Series | None = None
+    present = src.is_not_null()
+    if src.dtype == pl.Date or src.dtype == pl.Datetime:
+        exact = src.cast(pl.Datetime("us")).dt.epoch("s")
+        num = exact.cast(pl.Float64)
     elif src.dtype == pl.String:
-        num = src.str.strip_chars().cast(pl.Float64, strict=False)
-    else:
-        num = src.cast(pl.Float64, strict=False)
-    bad = num.is_null() | num.is_nan() if num.dtype.is_float() else num.is_null()
-    if not required:
-        bad = bad & src.is_not_null() & (src.cast(pl.String).str.strip_chars() != "")
-    if bad.any():
-        idx = bad.arg_true()
-        if not lenient:
-            i = int(idx[0])
-            raise DataError(
-                f"non-numeric {col} {src[i]!r} ({line_word} {int(df['line'][i])})"
-                if line_word != "line"
-                else f"non-numeric {col} {src[i]!r}",
-                file=file,
-                line=int(df["line"][i]) if line_word == "line" else None,
-                column=col,
-            )
-        for i in idx.to_list():
-            skipped.add(file, f"non-numeric {col}", int(df["line"][i]))
-        df, num = df.filter(~bad), num.filter(~bad)
-    if dtype == pl.Int64 and num.dtype.is_float():
-        num = num.floor()
-    return df.with_columns(num.cast(dtype).alias(col))
+        text = src.str.strip_chars()
+        num, exact = text.cast(pl.Float64, strict=False), text.cast(pl.Int64, strict=False)
+        present = text != ""
+    elif src.dtype.is_numeric():
+        num = src.cast(pl.Float64)
+        exact = src.cast(pl.Int64, strict=False) if src.dtype.is_integer() else None
+    else:  # booleans, lists, structs, durations: not numbers
+        num = pl.Series([None] * len(src), dtype=pl.Float64)
+    df = df.with_columns(num.alias("_num"), present.fill_null(False).alias("_present"))
+    if exact is not None:
+        df = df.with_columns(exact.alias("_exact"))
+    kw = dict(file=file, lenient=lenient, skipped=skipped, column=col, line_word=line_word)
+    missing = pl.col("_num").is_null() if required else pl.col("_num").is_null() & pl.col("_present")
+    df = _reject_rows(df, missing, f"non-numeric {col}", **kw)
+    df = _reject_rows(df, ~pl.col("_num").is_finite(), f"non-finite {col}", **kw)
+    if low is not None and high is not None:
+        out = (pl.col("_num") < low) | (pl.col("_num") > high)
+        df = _reject_rows(df, out, f"{col} out of range", detail=f" (expected {low} to {high})", **kw)
+    value = pl.col("_num")
+    if dtype == pl.Int64:
+        value = value.floor().cast(pl.Int64)
+        if exact is not None:
+            value = pl.coalesce(pl.col("_exact"), value)
+    return df.with_columns(value.cast(dtype).alias(col)).drop("_num", "_present", "_exact", strict=False)
 
 
 def _finish_interactions(
@@ -171,22 +218,10 @@ def _finish_interactions(
     df = df.with_columns(
         pl.col("user_id").cast(pl.String).str.strip_chars(), pl.col("item_id").cast(pl.String).str.strip_chars()
     )
-    for col in ("user_id", "item_id"):
-        bad = df[col].is_null() | (df[col] == "")
-        if bad.any():
-            if not lenient:
-                i = int(bad.arg_true()[0])
-                raise DataError(
-                    f"empty {col}" + (f" ({line_word} {int(df['line'][i])})" if line_word != "line" else ""),
-                    file=file,
-                    line=int(df["line"][i]) if line_word == "line" else None,
-                    column=col,
-                )
-            for i in bad.arg_true().to_list():
-                skipped.add(file, f"empty {col}", int(df["line"][i]))
-            df = df.filter(~bad)
     kw = dict(file=file, lenient=lenient, skipped=skipped, line_word=line_word)
-    df = _to_number(df, "timestamp", pl.Int64, required=True, **kw)
+    for col in ("user_id", "item_id"):
+        df = _reject_rows(df, pl.col(col).is_null() | (pl.col(col) == ""), f"empty {col}", column=col, **kw)
+    df = _to_number(df, "timestamp", pl.Int64, required=True, low=0, high=MAX_TIMESTAMP, **kw)
     cols = ["user_id", "item_id", "timestamp"]
     if "rating" in df.columns:
         df = _to_number(df, "rating", pl.Float64, required=False, **kw)
@@ -218,46 +253,91 @@ def _dedupe_items(items: pl.DataFrame, counts: dict[str, int]) -> pl.DataFrame:
     return items
 
 
+def _image_inside(root: Path, name: str) -> tuple[str | None, bool]:
+    """Look up ``root / name`` with symlinks resolved: ``(path if a file inside root, refused)``.
+
+    ``root`` must be resolved. ``refused`` is True when the path leaves ``root`` (``..``, an
+    absolute path, a symlink pointing out) or cannot be a path at all (a NUL byte, a symlink loop).
+    """
+    try:
+        p = (root / name).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None, True
+    if not p.is_relative_to(root):
+        return None, True
+    return (str(p) if p.is_file() else None), False
+
+
+def _image_folder(image_dir: Path) -> Path:
+    if not image_dir.is_dir():
+        raise DataError("image folder not found", file=image_dir)
+    return image_dir.resolve()
+
+
+def _count_images(paths: list[str | None], refused: list[bool], counts: dict[str, int]) -> None:
+    counts["missing_images"] = sum(p is None for p in paths)
+    counts["with_image"] = len(paths) - counts["missing_images"]
+    counts["images_outside_folder"] = sum(r and p is None for p, r in zip(paths, refused))
+
+
 def _resolve_images(
     items: pl.DataFrame, image_dir: Path | None, urls: list[str | None] | None, counts: dict[str, int]
 ) -> pl.DataFrame:
-    """Set ``image_path`` to ``<image_dir>/<item_id>.jpg`` or ``<image_dir>/<basename(url)>``."""
+    """Set ``image_path`` to ``<image_dir>/<item_id>.jpg`` or ``<image_dir>/<basename(url)>``.
+
+    Only files inside ``image_dir`` are used; a lookup that leaves it is refused and counted.
+    """
     if image_dir is None:
         return items
-    if not image_dir.is_dir():
-        raise DataError("image folder not found", file=image_dir)
+    root = _image_folder(image_dir)
     paths: list[str | None] = []
+    refused: list[bool] = []
     ids = items["item_id"].to_list()
     urls = urls if urls is not None else [None] * len(ids)
     for item_id, url in zip(ids, urls):
-        candidates = [image_dir / f"{item_id}.jpg"]
-        if url:
-            candidates.append(image_dir / os.path.basename(url.split("?")[0]))
-        found = next((str(p.resolve()) for p in candidates if p.is_file()), None)
+        names = [f"{item_id}.jpg"] + ([os.path.basename(url.split("?")[0])] if url else [])
+        found, out = None, False
+        for n in names:
+            found, bad = _image_inside(root, n)
+            out |= bad
+            if found:
+                break
         paths.append(found)
-    items = items.with_columns(pl.Series("image_path", paths, dtype=pl.String))
-    counts["missing_images"] = sum(p is None for p in paths)
-    counts["with_image"] = len(paths) - counts["missing_images"]
-    return items
+        refused.append(out)
+    _count_images(paths, refused, counts)
+    return items.with_columns(pl.Series("image_path", paths, dtype=pl.String))
 
 
 # ----------------------------------------------------------------------------- (a) RecBole atomic
 
 
-def _read_atomic_table(path: Path, *, lenient: bool, skipped: Skipped) -> pl.DataFrame:
-    """Tab-separated file with a typed header (``name:type``) -> all-string frame + ``line``."""
-    lines = _read_lines(path)
-    if not lines or not lines[0].strip():
+def _check_header(names: list[str], path: Path) -> list[str]:
+    """Header names (line 1) must be present and distinct."""
+    if not names or not any(n.strip() for n in names):
         raise DataError("empty file (no header line)", file=path, line=1)
-    names = [h.split(":", 1)[0].strip() for h in lines[0].split("\t")]
-    s = pl.Series("raw", lines[1:], dtype=pl.String)
+    dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+    if dup is not None:
+        raise DataError(f"duplicate column {dup!r} in the header", file=path, line=1, column=dup)
+    return names
+
+
+def _split_fields(
+    lines: list[str], names: list[str], sep: str, *, path: Path, lenient: bool, skipped: Skipped
+) -> pl.DataFrame:
+    """Data lines (line 2 on) of a delimited file without quoting -> all-string frame + ``line``.
+
+    Blank lines are ignored; every other line must have exactly one field per header name.
+    """
+    kind = {"\t": "tab", ",": "comma"}[sep]
+    s = pl.Series("raw", lines, dtype=pl.String)
     df = pl.DataFrame([s]).with_row_index("line", offset=2).filter(pl.col("raw").str.strip_chars() != "")
-    n_fields = df["raw"].str.count_matches("\t", literal=True) + 1
+    n_fields = df["raw"].str.count_matches(sep, literal=True) + 1
     bad = n_fields != len(names)
     if bad.any():
         for i in bad.arg_true().to_list():
             _fail_or_skip(
-                f"expected {len(names)} tab-separated fields ({', '.join(names)}), found {int(n_fields[i])}",
+                f"expected {len(names)} {kind}-separated fields ({', '.join(names)}), "
+                f"found {int(n_fields[i])}",
                 file=path,
                 line=int(df["line"][i]),
                 reason="wrong field count",
@@ -265,8 +345,15 @@ def _read_atomic_table(path: Path, *, lenient: bool, skipped: Skipped) -> pl.Dat
                 skipped=skipped,
             )
         df = df.filter(~bad)
-    parts = df["raw"].str.split_exact("\t", len(names) - 1).struct.rename_fields(names)
+    parts = df["raw"].str.split_exact(sep, len(names) - 1).struct.rename_fields(names)
     return pl.DataFrame([df["line"].cast(pl.Int64), *parts.struct.unnest().iter_columns()])
+
+
+def _read_atomic_table(path: Path, *, lenient: bool, skipped: Skipped) -> pl.DataFrame:
+    """Tab-separated file with a typed header (``name:type``) -> all-string frame + ``line``."""
+    lines = _read_lines(path)
+    names = _check_header([h.split(":", 1)[0].strip() for h in lines[0].split("\t")], path)
+    return _split_fields(lines[1:], names, "\t", path=path, lenient=lenient, skipped=skipped)
 
 
 def read_movielens_atomic(
@@ -309,21 +396,32 @@ def _iter_records(path: Path, *, literal_ok: bool, lenient: bool, skipped: Skipp
     for no, raw in enumerate(_read_lines(path), start=1):
         if not raw.strip():
             continue
+        nested = False
         try:
             rec = json.loads(raw)
-        except json.JSONDecodeError as e:
-            rec = None
+        except RecursionError:
+            rec, nested = None, True
+        except ValueError as e:  # JSONDecodeError, or an integer past Python's digit limit
+            rec, msg = None, f"{e.msg} at column {e.colno}" if isinstance(e, json.JSONDecodeError) else str(e)
             if literal_ok:
                 try:
                     rec = ast.literal_eval(raw)
-                except (ValueError, SyntaxError, MemoryError, RecursionError):
+                except RecursionError:
+                    nested = True
+                except (ValueError, TypeError, SyntaxError, MemoryError):
                     rec = None
-            if rec is None:
+            if rec is None and not nested:
                 _fail_or_skip(
-                    f"bad JSON{' / python literal' if literal_ok else ''}: {e.msg} at column {e.colno}",
+                    f"bad JSON{' / python literal' if literal_ok else ''}: {msg}",
                     file=path, line=no, reason="bad JSON", lenient=lenient, skipped=skipped,
                 )  # fmt: skip
                 continue
+        if nested:
+            _fail_or_skip(
+                "too deeply nested (beyond Python's recursion limit)",
+                file=path, line=no, reason="too deeply nested", lenient=lenient, skipped=skipped,
+            )  # fmt: skip
+            continue
         if not isinstance(rec, dict):
             _fail_or_skip(
                 f"expected a JSON object, found {type(rec).__name__}",
@@ -331,6 +429,40 @@ def _iter_records(path: Path, *, literal_ok: bool, lenient: bool, skipped: Skipp
             )  # fmt: skip
             continue
         yield no, rec
+
+
+class _BadField(ValueError):
+    """A record field of the wrong shape (see :func:`_field_text`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _field_text(rec: dict, key: str) -> str | None:
+    """``rec[key]`` as text: strings kept, integers and finite floats written out (``7``, ``7.5``),
+    missing/None -> None. Anything else (bool, list, dict, NaN) raises :class:`_BadField`."""
+    v = rec.get(key)
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float) and math.isfinite(v):
+        return str(int(v)) if v.is_integer() else repr(v)
+    found = repr(v) if isinstance(v, bool | float) else type(v).__name__
+    raise _BadField(key, f"{key} must be a string or a number, found {found}")
+
+
+def _fields_or_skip(
+    rec: dict, keys: tuple[str, ...], *, file: Path, line: int, lenient: bool, skipped: Skipped
+) -> list[str | None] | None:
+    """:func:`_field_text` of each key, or None when one is malformed (raised, or skipped and counted)."""
+    try:
+        return [_field_text(rec, k) for k in keys]
+    except _BadField as e:
+        _fail_or_skip(str(e), file=file, line=line, column=e.key, reason=f"bad {e.key}", lenient=lenient,
+                      skipped=skipped)  # fmt: skip
+        return None
 
 
 def _read_amazon_reviews(path: Path, *, lenient: bool, skipped: Skipped) -> pl.DataFrame:
@@ -343,13 +475,17 @@ def _read_amazon_reviews(path: Path, *, lenient: bool, skipped: Skipped) -> pl.D
         missing = [k for k in ("reviewerID", "asin", "unixReviewTime") if k not in rec]
         if missing:
             _fail_or_skip(
-                f"missing required field {missing[0]!r}; found fields: {', '.join(rec)}",
+                f"missing required field {missing[0]!r}; found fields: {', '.join(map(str, rec))}",
                 file=path, line=no, column=missing[0], reason=f"missing {missing[0]}",
                 lenient=lenient, skipped=skipped,
             )  # fmt: skip
             continue
-        users.append(rec["reviewerID"])
-        items.append(rec["asin"])
+        ids = _fields_or_skip(rec, ("reviewerID", "asin"), file=path, line=no, lenient=lenient,
+                              skipped=skipped)  # fmt: skip
+        if ids is None:
+            continue
+        users.append(ids[0])
+        items.append(ids[1])
         times.append(str(rec["unixReviewTime"]))
         r = rec.get("overall")
         ratings.append(None if r is None else str(r))
@@ -379,8 +515,10 @@ def _price(value: Any) -> str | None:
     """2014: float -> "$12.99"; 2018: "$12.99" kept; anything else (HTML junk, ranges of junk) -> None."""
     if value is None:
         return None
+    if isinstance(value, bool):
+        return None
     if isinstance(value, int | float):
-        return f"${value:.2f}"
+        return f"${value:.2f}" if math.isfinite(value) else None
     s = str(value).strip()
     if not s or len(s) > 30 or "<" in s or "{" in s:
         return None
@@ -396,12 +534,17 @@ def _read_amazon_meta(path: Path, fmt: str, *, lenient: bool, skipped: Skipped) 
     for no, rec in _iter_records(path, literal_ok=True, lenient=lenient, skipped=skipped):
         if "asin" not in rec:
             _fail_or_skip(
-                f"missing required field 'asin'; found fields: {', '.join(rec)}",
+                f"missing required field 'asin'; found fields: {', '.join(map(str, rec))}",
                 file=path, line=no, column="asin", reason="missing asin", lenient=lenient, skipped=skipped,
             )  # fmt: skip
             continue
+        texts = _fields_or_skip(rec, ("asin", "title", "brand"), file=path, line=no, lenient=lenient,
+                                skipped=skipped)  # fmt: skip
+        if texts is None:
+            continue
         if fmt == "2014":
             cats = rec.get("categories") or []
+            cats = cats if isinstance(cats, list) else [cats]
             flat = [c for group in cats for c in (group if isinstance(group, list) else [group])]
             url = rec.get("imUrl")
         else:
@@ -409,9 +552,9 @@ def _read_amazon_meta(path: Path, fmt: str, *, lenient: bool, skipped: Skipped) 
             flat = flat if isinstance(flat, list) else [flat]
             imgs = rec.get("imageURLHighRes") or rec.get("imageURL") or []
             url = imgs[0] if isinstance(imgs, list) and imgs else (imgs or None)
-        rows["item_id"].append(str(rec["asin"]))
-        rows["title"].append(rec.get("title"))
-        rows["brand"].append(rec.get("brand"))
+        rows["item_id"].append(texts[0])
+        rows["title"].append(texts[1])
+        rows["brand"].append(texts[2])
         rows["price"].append(_price(rec.get("price")))
         rows["categories"].append(_join_unique(flat))
         urls.append(url if isinstance(url, str) else None)
@@ -434,7 +577,9 @@ def read_amazon(
     required; ``title, brand, price, categories`` (2014, list of lists) or ``category`` (2018, list).
     Meta lines may be strict JSON or python-dict literals. With ``images`` a folder, ``image_path``
     is ``<images>/<asin>.jpg`` or ``<images>/<basename of imUrl/imageURL>``, whichever exists, else
-    null (counted as ``missing_images``).
+    null (counted as ``missing_images``); a lookup leaving ``images`` (``../x``, an absolute id, a
+    symlink out) is refused (counted as ``images_outside_folder``). Ids, titles and brands may be
+    strings or numbers; other shapes are malformed lines.
     """
     if fmt not in ("2014", "2018"):
         raise ValueError(f"fmt must be '2014' or '2018', got {fmt!r}")
@@ -463,24 +608,25 @@ def read_amazon(
 
 
 def _read_csv_strings(path: Path, *, lenient: bool, skipped: Skipped) -> pl.DataFrame:
-    """CSV -> all-string frame + ``line``. Fast path in polars; the csv module locates bad lines."""
+    """CSV -> all-string frame + ``line`` (header = line 1); every row needs the header's field count.
+
+    A file without quote characters is split in polars, one record per line; otherwise the stdlib
+    csv module parses it (quoted commas and newlines). Polars' own reader is not used: it pads short
+    rows with nulls and numbers rows, not lines.
+    """
+    text = _read_text(path)
+    if '"' not in text:
+        lines = [ln[:-1] if ln.endswith("\r") else ln for ln in text.split("\n")]
+        names = _check_header(lines[0].split(","), path)
+        return _split_fields(lines[1:], names, ",", path=path, lenient=lenient, skipped=skipped)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[list[str]] = []
+    lines_no: list[int] = []
     try:
-        if not lenient:
-            df = pl.read_csv(path, infer_schema=False, quote_char='"')
-            return df.with_row_index("line", offset=2).with_columns(pl.col("line").cast(pl.Int64))
-    except pl.exceptions.PolarsError:
-        pass  # find the offending line below
-    with _open_text(path) as f:
-        reader = csv.reader(f)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError("empty file (no header line)", file=path, line=1) from None
-        rows: list[list[str]] = []
-        lines: list[int] = []
+        header = _check_header(next(reader, []), path)
         for row in reader:
             no = reader.line_num
-            if not row:
+            if not row or (len(row) == 1 and not row[0].strip()):
                 continue
             if len(row) != len(header):
                 _fail_or_skip(
@@ -489,9 +635,11 @@ def _read_csv_strings(path: Path, *, lenient: bool, skipped: Skipped) -> pl.Data
                 )  # fmt: skip
                 continue
             rows.append(row)
-            lines.append(no)
+            lines_no.append(no)
+    except csv.Error as e:  # unparseable quoting: the rest of the file cannot be trusted
+        raise DataError(f"cannot parse CSV: {e}", file=path, line=reader.line_num) from e
     cols = {h: pl.Series(h, [r[i] for r in rows], dtype=pl.String) for i, h in enumerate(header)}
-    return pl.DataFrame({**cols, "line": pl.Series(lines, dtype=pl.Int64)}).select("line", *header)
+    return pl.DataFrame({**cols, "line": pl.Series(lines_no, dtype=pl.Int64)}).select("line", *header)
 
 
 def _read_table(path: Path, *, lenient: bool, skipped: Skipped) -> tuple[pl.DataFrame, str]:
@@ -503,6 +651,8 @@ def _read_table(path: Path, *, lenient: bool, skipped: Skipped) -> tuple[pl.Data
             df = pl.read_parquet(path)
         except Exception as e:  # noqa: BLE001 - any parquet failure is a data error here
             raise DataError(f"cannot read parquet: {e}", file=path) from e
+        if df.columns and df.columns[0].startswith("\ufeff"):  # a BOM CSV's first name, kept by a converter
+            df = df.rename({df.columns[0]: df.columns[0].removeprefix("\ufeff")})
         return df.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64)), "row"
     return _read_csv_strings(path, lenient=lenient, skipped=skipped), "line"
 
@@ -526,8 +676,9 @@ def read_generic(
     """Read an interactions table and an items table (parquet or CSV, chosen by suffix).
 
     ``text_cols`` defaults to every items column except the id and image columns. Relative image
-    paths are resolved against ``image_dir`` (default: the items file's folder); missing files give
-    a null ``image_path`` and are counted. ``text_template`` defaults to ``"{col1}. {col2}. ..."``.
+    paths are resolved against ``image_dir`` (default: the items file's folder) and must stay inside
+    it (else refused, counted as ``images_outside_folder``); missing files give a null ``image_path``
+    and are counted. ``text_template`` defaults to ``"{col1}. {col2}. ..."``.
     """
     inter_p, items_p = Path(interactions), Path(items)
     skipped = Skipped()
@@ -559,20 +710,18 @@ def read_generic(
     counts: dict[str, int] = {}
     out = _clean_text_columns(out, counts)
     if image_col:
-        base = Path(image_dir) if image_dir is not None else items_p.parent
-        raw_paths = it[image_col].cast(pl.String).to_list()
-        resolved: list[str | None] = []
-        for p in raw_paths:
-            if p is None or not str(p).strip():
-                resolved.append(None)
-                continue
-            q = Path(str(p).strip())
-            q = q if q.is_absolute() else base / q
-            resolved.append(str(q.resolve()) if q.is_file() else None)
-        out = out.with_columns(pl.Series("image_path", resolved, dtype=pl.String))
+        root = _image_folder(Path(image_dir) if image_dir is not None else items_p.parent)
+        looked = [
+            _image_inside(root, p.strip()) if p is not None and p.strip() else (None, False)
+            for p in it[image_col].cast(pl.String).to_list()
+        ]
+        out = out.with_columns(
+            pl.Series("image_path", [p for p, _ in looked], dtype=pl.String),
+            pl.Series("_refused", [r for _, r in looked], dtype=pl.Boolean),
+        )
         out = _dedupe_items(out, counts)
-        counts["missing_images"] = int(out["image_path"].null_count())
-        counts["with_image"] = out.height - counts["missing_images"]
+        _count_images(out["image_path"].to_list(), out["_refused"].to_list(), counts)
+        out = out.drop("_refused")
     else:
         out = _dedupe_items(out, counts)
     template = text_template or ". ".join("{" + c + "}" for c in text_cols) + "."
