@@ -11,7 +11,13 @@ The width-d inference model is ``model.slice(d)``'s backbone plus the precompute
 catalog matrix: history ids -> matrix rows -> backbone -> last position -> h @ E^T. The
 feature tables and projector are not needed at serving time. The serialized program is a
 ``torch.export`` ExportedProgram (the complex-valued LRU scan exports fine), loadable with
-``torch.export.load`` without the recsys package.
+``torch.export.load`` without the recsys package (it unpickles: ``recsys-serve`` loads it only with
+``--trust-program``).
+
+After the sizes, ``OUT/checksums.json`` records the sha256 of index.json and of every size's
+checksums.json, and the export digest over that list is printed (``serving.artifact.export_digest``):
+keep it outside the export and pass it to ``recsys-serve --expect-digest`` to detect any change.
+Every file is written with the mode a normal file gets (0666 & ~umask), safetensors included.
 
 Before an artifact is published (staged in a temporary directory, then renamed into place) the
 exporter checks parity: on a sample of test users, the artifact's top-K (K = 10 and 50) through
@@ -58,9 +64,11 @@ from serving.artifact import (
     METRICS_FILE,
     PROGRAM_FILE,
     WEIGHTS_FILE,
+    export_digest,
     load_artifact,
     size_dir_name,
     write_checksums,
+    write_export_checksums,
 )
 from serving.recommender import Recommender
 
@@ -165,7 +173,8 @@ def check_parity(
     """Raise ParityError unless the staged artifact reproduces ``model``'s size-d top-K on ``inputs``."""
     with torch.inference_mode():
         ref = model.score(inputs, full_emb)[model.ladder.index(d)].float()  # (B, N+1)
-    artifact = load_artifact(staging, verify=False)  # checksums are written after parity
+    # checksums are written after parity; the program is the one just exported, so it is trusted
+    artifact = load_artifact(staging, verify=False, trust_program=True)
     k_max = min(max(PARITY_KS), artifact.num_items)
     for engine in ("python", "program"):
         rec = Recommender(artifact, engine=engine)
@@ -187,6 +196,19 @@ def check_parity(
 
 
 # ---------------------------------------------------------------------------- writing
+def default_file_mode() -> int:
+    """The mode a newly created regular file gets: 0o666 minus the process umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """safetensors.save_file, then the file mode of any other file (save_file writes 0600)."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, default_file_mode())
+
+
 def export_program(module: InferenceModule, max_len: int, path: Path) -> None:
     example = torch.ones(2, max_len, dtype=torch.long)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
@@ -210,9 +232,9 @@ def write_size(
     inputs = None if nested else full.contiguous()  # full-width backbone inputs
     backbone_state = {k: v.detach().contiguous().cpu() for k, v in small.backbone.state_dict().items()}
     staging.mkdir(parents=True)
-    save_file(backbone_state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT, "size": str(d)})
+    save_safetensors(backbone_state, staging / WEIGHTS_FILE, metadata={"format": FORMAT, "size": str(d)})
     tables = {ITEM_EMB_KEY: emb} if nested else {ITEM_EMB_KEY: emb, INPUT_EMB_KEY: inputs}
-    save_file(tables, str(staging / ITEM_EMB_FILE), metadata={"format": FORMAT, "size": str(d)})
+    save_safetensors(tables, staging / ITEM_EMB_FILE, metadata={"format": FORMAT, "size": str(d)})
     (staging / ITEMS_FILE).write_text(json.dumps({"item_ids": item_ids}))
     config = {
         "format": FORMAT,
@@ -319,6 +341,8 @@ def export_run(
         "entries": entries,
     }
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+    digest = write_export_checksums(out)
+    log.info("export digest (sha256) %s", digest)
     return index
 
 
@@ -347,8 +371,11 @@ def main(argv: list[str] | None = None) -> None:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"recsys-export: {err}") from None
     out = Path(args.out) if args.out else resolve_run(args.run, args.checkpoint)[0] / "export"
+    digest = export_digest(out)
     print(format_index(index))
     print(f"written {out / INDEX_FILE}")
+    print(f"export digest (sha256): {digest}")
+    print(f"keep it outside the export and serve with: recsys-serve {out} --expect-digest {digest}")
 
 
 if __name__ == "__main__":

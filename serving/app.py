@@ -6,20 +6,24 @@
     GET  /health     GET /info
 
 Every bad request gets a JSON error ``{"error": message, ...}`` with a 4xx status, never a 500:
-malformed JSON 400, schema violations / empty history / no known item / k out of range 422,
-unknown tier 404 (with the known tiers), body over ``max_body_bytes`` (1 MiB) 413.
+malformed JSON 400, schema violations / empty history / history over ``max_history`` ids / no known
+item / k out of range 422, unknown tier 404 (with the known tiers), wrong method 405 (with ``Allow``),
+body over ``max_body_bytes`` (1 MiB) 413, body not received within ``body_timeout`` seconds 408.
+The OpenAPI schema (``/openapi.json``) states the same bounds (history 1..max_history ids,
+k in [1, catalog size], shortlist >= 1).
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: FastAPI resolves the endpoints' annotations at decoration
+# time, and the request models are built per app (their bounds depend on it), inside create_app.
+import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.funnel import FunnelRecommender
@@ -28,38 +32,38 @@ from serving.tiers import TierSet
 
 log = logging.getLogger("serving.app")
 MAX_BODY_BYTES = 1 << 20
+BODY_TIMEOUT_S = 10.0
 
 ItemId = StrictStr | StrictInt
 
 
-class RecommendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    history: list[ItemId]
-    k: StrictInt = 10
-    tier: StrictStr | None = None
-    exclude_seen: StrictBool = True
+def request_models(max_history: int, catalog_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
+    """(RecommendRequest, FunnelRequest) with the app's bounds in the schema: 1..max_history history
+    ids, 1 <= k <= catalog_size, shortlist >= 1."""
+    history = Annotated[list[ItemId], Field(min_length=1, max_length=max_history,
+                                            description="original item ids, oldest first")]
+    k = Annotated[StrictInt, Field(ge=1, le=catalog_size, description="number of items to return")]
+    common: dict[str, Any] = {"history": (history, ...), "k": (k, 10), "exclude_seen": (StrictBool, True)}
+    config = ConfigDict(extra="forbid")
+    recommend = create_model("RecommendRequest", __config__=config, **common, tier=(StrictStr | None, None))
+    funnel = create_model(
+        "FunnelRequest", __config__=config, **common, small=(StrictStr | None, None), large=(StrictStr | None, None),
+        shortlist=(Annotated[StrictInt, Field(ge=1, description="candidates kept by the small tier")], 200),
+    )
+    return recommend, funnel
 
 
-class FunnelRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    history: list[ItemId]
-    k: StrictInt = 10
-    small: StrictStr | None = None
-    large: StrictStr | None = None
-    shortlist: StrictInt = Field(default=200)
-    exclude_seen: StrictBool = True
-
-
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": message, **extra})
+def _error(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message, **extra}, headers=headers)
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for a body over ``limit`` bytes (declared Content-Length, or counted
-    while reading a body without one), 400 for an invalid Content-Length."""
+    """ASGI middleware: reads the whole request body before the app sees it, answering 413 for a body
+    over ``limit`` bytes (declared Content-Length, or counted while reading a body without one), 400 for
+    an invalid Content-Length, and 408 when the body has not fully arrived within ``timeout`` seconds."""
 
-    def __init__(self, app, limit: int = MAX_BODY_BYTES):
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int = MAX_BODY_BYTES, timeout: float = BODY_TIMEOUT_S):
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -77,32 +81,60 @@ class BodySizeLimit:
                 return await _error(413, f"request body of {length} bytes exceeds the limit of {self.limit} bytes")(
                     scope, receive, send
                 )
-            return await self.app(scope, receive, send)
-        # no Content-Length (chunked): buffer up to the limit, then replay
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
         chunks, total, more = [], 0, True
         while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return await self.app(scope, _replay([message]), send)
+            try:
+                message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.01))
+            except asyncio.TimeoutError:
+                return await _error(408, f"request body not received within {self.timeout:g} s",
+                                    headers={"connection": "close"})(scope, receive, send)
+            if message["type"] != "http.request":  # the client went away
+                return await self.app(scope, _replay([message], receive), send)
             body = message.get("body", b"")
             total += len(body)
             if total > self.limit:
-                return await _error(413, f"request body exceeds the limit of {self.limit} bytes")(scope, receive, send)
+                return await _error(413, f"request body exceeds the limit of {self.limit} bytes",
+                                    headers={"connection": "close"})(scope, receive, send)
             chunks.append(body)
             more = message.get("more_body", False)
-        return await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}]),
-                              send)
+        body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return await self.app(scope, _replay([body], receive), send)
 
 
-def _replay(messages):
+def _replay(messages, receive):
+    """An ASGI receive that returns ``messages`` first, then defers to ``receive``."""
     pending = list(messages)
 
-    async def receive():
+    async def replay():
         if pending:
             return pending.pop(0)
-        return {"type": "http.disconnect"}
+        return await receive()
 
-    return receive
+    return replay
+
+
+_HINTS = {
+    ("history", "too_short"): lambda ctx: "history is empty; give at least one known item id",
+    ("history", "too_long"): lambda ctx: f"history has more than max_history={ctx.get('max_length')} item ids",
+    ("k", "greater_than_equal"): lambda ctx: "k must be an integer in [1, {catalog}] (the catalog size)",
+    ("k", "less_than_equal"): lambda ctx: "k must be an integer in [1, {catalog}] (the catalog size)",
+    ("shortlist", "greater_than_equal"): lambda ctx: "shortlist must be a positive integer",
+}
+
+
+def _validation_message(errors, catalog_size: int) -> str:
+    """"invalid request", plus a plain-words hint for the bounds the schema states."""
+    hints = []
+    for e in errors:
+        loc = [x for x in e.get("loc", ()) if x != "body"]
+        hint = _HINTS.get((str(loc[0]) if len(loc) == 1 else "", str(e.get("type", ""))))
+        if hint is not None:
+            text = hint(e.get("ctx") or {}).format(catalog=catalog_size)
+            if text not in hints:
+                hints.append(text)
+    return "invalid request" + (": " + "; ".join(hints) if hints else "")
 
 
 def _validation_detail(errors) -> list[dict[str, Any]]:
@@ -118,11 +150,27 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     verify: bool = True,
     ann: str | None = None,
+    *,
+    trust_program: bool = False,
+    expect_digest: str | None = None,
+    max_history: int | None = None,
+    body_timeout: float = BODY_TIMEOUT_S,
 ) -> FastAPI:
     """The serving app for an export directory; ``tiers``: name -> size, a YAML tiers file, or
-    None (every exported size as ``d<size>``); ``ann``: None, "flat" or "hnsw" (faiss, optional)."""
-    tier_set = TierSet(export_dir, tiers, engine=engine, verify=verify, ann=ann)
+    None (every exported size as ``d<size>``); ``ann``: None, "flat" or "hnsw" (faiss, optional).
+
+    ``trust_program``: allow ``engine="program"`` (it unpickles program.pt2); ``expect_digest``: refuse
+    an export whose digest differs; ``max_history``: most ids per request (None: ``max(1000, max_len)``);
+    ``max_body_bytes`` / ``body_timeout``: request body size (bytes) and arrival time (seconds)."""
+    if isinstance(max_body_bytes, bool) or not isinstance(max_body_bytes, int) or max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
+    if not body_timeout > 0:
+        raise ValueError(f"body_timeout must be > 0 seconds, got {body_timeout!r}")
+    tier_set = TierSet(export_dir, tiers, engine=engine, verify=verify, ann=ann, trust_program=trust_program,
+                       expect_digest=expect_digest, max_history=max_history)
     any_rec = next(iter(tier_set.by_size.values()))
+    history_cap = max(rec.max_history for rec in tier_set.by_size.values())
+    RecommendRequest, FunnelRequest = request_models(history_cap, any_rec.num_items)  # noqa: N806
     app = FastAPI(title="recsys serving", version="1")
     app.state.tiers = tier_set
 
@@ -135,11 +183,11 @@ def create_app(
         errors = err.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
             return _error(400, "malformed JSON body", detail=_validation_detail(errors))
-        return _error(422, "invalid request", detail=_validation_detail(errors))
+        return _error(422, _validation_message(errors, any_rec.num_items), detail=_validation_detail(errors))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, err: StarletteHTTPException):
-        return _error(err.status_code, str(err.detail))
+        return _error(err.status_code, str(err.detail), headers=getattr(err, "headers", None))
 
     @app.exception_handler(Exception)
     async def internal_error(_: Request, err: Exception):  # pragma: no cover - a bug, logged
@@ -161,6 +209,9 @@ def create_app(
             "engine": engine,
             "ann": ann,
             "max_body_bytes": max_body_bytes,
+            "max_history": history_cap,
+            "body_timeout_s": body_timeout,
+            "digest": tier_set.digest,
         }
 
     @app.post("/recommend")
@@ -181,5 +232,5 @@ def create_app(
                 "size": large.size, "shortlist": req.shortlist, "unknown_items": result.unknown_items,
                 "truncated": result.truncated}
 
-    app.add_middleware(BodySizeLimit, limit=max_body_bytes)
+    app.add_middleware(BodySizeLimit, limit=max_body_bytes, timeout=body_timeout)
     return app

@@ -6,6 +6,8 @@ Request rules (the HTTP app applies the same ones, see docs/serving.md):
 - unknown ids are ignored and reported back (``unknown_items``); if no known id remains the
   request is rejected (:class:`RequestError`, 422); an empty history is rejected (422);
 - a history longer than ``max_len`` keeps its most recent ``max_len`` items (``truncated``);
+- a history of more than ``max_history`` ids (default ``max(1000, max_len)``) is rejected (422)
+  before any id is looked up, so one request's cost is bounded;
 - ``1 <= k <= catalog size`` (else 422); with ``exclude_seen`` every known history item is
   removed from the ranking, so fewer than k items come back when fewer remain.
 """
@@ -18,6 +20,17 @@ from dataclasses import dataclass, field
 import torch
 
 from serving.artifact import Artifact
+
+DEFAULT_MAX_HISTORY = 1000  # ids per request; raised to max_len for models with longer inputs
+
+
+def resolve_max_history(max_history: int | None, max_len: int) -> int:
+    """``max_history`` checked (a positive integer), or the default ``max(1000, max_len)`` for None."""
+    if max_history is None:
+        return max(DEFAULT_MAX_HISTORY, max_len)
+    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
+        raise ValueError(f"max_history must be a positive integer, got {max_history!r}")
+    return max_history
 
 
 class RequestError(ValueError):
@@ -51,13 +64,18 @@ class Recommender:
     """Recommends from one artifact. ``engine``: "python" (recsys.nn backbone rebuilt from the
     safetensors weights) or "program" (the torch.export program; needs no recsys code).
     ``ann``: None (exact full scoring), "flat" or "hnsw": top-K through a faiss index
-    (serving/ann.py; needs faiss-cpu) over the python backbone's hidden state."""
+    (serving/ann.py; needs faiss-cpu) over the python backbone's hidden state. The program engine
+    needs an artifact loaded with ``trust_program=True`` (it unpickles program.pt2).
+    ``max_history``: the longest history accepted (None: ``max(1000, max_len)``)."""
 
-    def __init__(self, artifact: Artifact, engine: str = "python", ann: str | None = None):
+    def __init__(
+        self, artifact: Artifact, engine: str = "python", ann: str | None = None, max_history: int | None = None
+    ):
         if engine not in ("python", "program"):
             raise ValueError(f"engine must be 'python' or 'program', got {engine!r}")
         self.artifact, self.engine = artifact, engine
         self.size, self.max_len, self.num_items = artifact.size, artifact.max_len, artifact.num_items
+        self.max_history = resolve_max_history(max_history, self.max_len)
         self.item_ids = artifact.item_ids
         self.index = {item_id: i + 1 for i, item_id in enumerate(artifact.item_ids)}
         self.item_embeddings = artifact.item_embeddings  # (N+1, d) catalog
@@ -79,6 +97,9 @@ class Recommender:
             raise RequestError("history must be a list of item ids")
         if len(history) == 0:
             raise RequestError("history is empty; give at least one known item id")
+        if len(history) > self.max_history:
+            raise RequestError(f"history has {len(history)} item ids, more than max_history={self.max_history}; "
+                               f"only the most recent {self.max_len} are used, send at most those")
         known, unknown = [], []
         for item in history:
             if isinstance(item, bool) or not isinstance(item, (str, int)):

@@ -3,8 +3,11 @@ count, standalone program loading, checksum tampering, CLI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 
@@ -47,7 +50,7 @@ def assert_artifacts_match_the_model(export_dir, model, inputs, engine, label):
         ref_all = model.score(inputs)
     out = []
     for j, d in enumerate(SIZES):
-        rec = Recommender(load_artifact(export_dir / f"d{d:04d}"), engine=engine)
+        rec = Recommender(load_artifact(export_dir / f"d{d:04d}", trust_program=engine == "program"), engine=engine)
         got = rec.scores(inputs)
         ref = ref_all[j]
         assert got.shape == ref.shape == (len(inputs), 61)
@@ -162,8 +165,43 @@ def test_cli_with_checkpoint_path_and_size_subset(exported, tmp_path, capsys):
     main([str(run_dir / "checkpoints" / "last.pt"), "--sizes", "4", "--out", str(out), "--parity-users", "16"])
     index = json.loads((out / "index.json").read_text())
     assert index["sizes"] == [4] and index["source"]["checkpoint"].endswith("last.pt")
-    assert {p.name for p in out.iterdir()} == {"d0004", "index.json"}  # no staging leftovers
+    assert {p.name for p in out.iterdir()} == {"d0004", "index.json", "checksums.json"}  # no staging leftovers
     assert "written" in capsys.readouterr().out
+
+
+def sha256_hex(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cli_prints_the_export_digest_over_root_checksums(exported, tmp_path, capsys):
+    """checksums.json at the export root covers index.json and every size's checksums.json; the
+    digest recsys-export prints is sha256 over the sorted "<sha256>  <path>" lines of that list."""
+    run_dir, _, _ = exported
+    out = tmp_path / "exp"
+    main([str(run_dir), "--sizes", "4,8", "--out", str(out), "--parity-users", "16"])
+    printed = capsys.readouterr().out
+    root = json.loads((out / "checksums.json").read_text())
+    assert root == {p: sha256_hex(out / p) for p in ("index.json", "d0004/checksums.json", "d0008/checksums.json")}
+    lines = "".join(f"{root[p]}  {p}\n" for p in sorted(root))
+    digest = hashlib.sha256(lines.encode()).hexdigest()
+    assert f"digest (sha256): {digest}" in printed
+    assert f"--expect-digest {digest}" in printed
+
+
+def test_exported_files_share_one_mode_that_respects_the_umask(exported, tmp_path):
+    """Every exported file (safetensors included) gets the mode a normal file gets: 0666 & ~umask."""
+    run_dir, export_dir, _ = exported
+    modes = {p.relative_to(export_dir): stat.S_IMODE(p.stat().st_mode) for p in export_dir.rglob("*") if p.is_file()}
+    probe = tmp_path / "probe"
+    probe.write_text("")
+    assert set(modes.values()) == {stat.S_IMODE(probe.stat().st_mode)}, modes
+    old = os.umask(0o027)
+    try:
+        main([str(run_dir), "--sizes", "4", "--out", str(tmp_path / "exp"), "--parity-users", "16"])
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "exp").rglob("*") if p.is_file()}
+    assert set(modes.values()) == {0o640}, modes
 
 
 def test_cli_rejects_sizes_outside_the_ladder(exported, tmp_path):

@@ -36,7 +36,7 @@ def test_recommend_maps_original_ids_sorted_and_excludes_seen(tiers):
 
 
 def test_program_engine_matches_python_engine(export_dir):
-    art = load_artifact(export_dir / "d0008")
+    art = load_artifact(export_dir / "d0008", trust_program=True)  # our own export: trusted
     a = Recommender(art, "python").recommend(["i1", "i2"], k=20)
     b = Recommender(art, "program").recommend(["i1", "i2"], k=20)
     assert [i for i, _ in a] == [i for i, _ in b]
