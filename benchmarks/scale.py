@@ -58,8 +58,7 @@ def main() -> None:
             return f(model, s, t)
 
         if env.enabled and not hasattr(model, "_sharded"):
-            dmp, _ = shard_model(model, loss_fn, env, args.sharding)
-            model._sharded = dmp
+            model._sharded = shard_model(model, loss_fn, env, args.sharding).dmp
         if env.enabled:
             forward = model._sharded
             model._sharded._dmp_wrapped_module.module.loss_fn = loss_fn

@@ -8,6 +8,7 @@ every message names the offending key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -86,6 +87,7 @@ class TrainerSchema:
     progress: bool = True
     stop_after_steps: int = 0  # > 0: save a checkpoint and exit after this many steps (simulated kill)
     deterministic: bool = True
+    max_nonfinite_steps: int = 0  # steps with a NaN/inf loss or gradient norm skipped before the run stops
     sharding: str = "auto"  # distributed item tables: auto (planner) | table_wise | row_wise | column_wise | data_parallel
 
 
@@ -108,6 +110,8 @@ class RunSchema:
     seed: int = 42
     run_dir: str | None = None  # where the run writes; default: Hydra's output dir (runs/NAME/TIME)
     resume: str | None = None  # "true": continue run_dir's last checkpoint; or a checkpoint path
+    # keys (e.g. trainer.max_epochs) that may differ from the checkpointed run's config on resume
+    resume_allow_changes: list[str] = field(default_factory=list)
     test_at_end: bool = True
 
 
@@ -178,11 +182,81 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.trainer.monitor_size is not None and cfg.trainer.monitor_size not in sizes:
         raise ValueError(f"trainer.monitor_size={cfg.trainer.monitor_size} is not a trained size {list(sizes)}")
-    for key in ("max_epochs", "batch_size"):
+    for key in ("max_epochs", "batch_size", "log_every_n_steps"):
         if cfg.trainer[key] <= 0:
             raise ValueError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
+    for key in ("warmup_steps", "patience", "val_every_n_steps", "checkpoint_every_n_steps", "stop_after_steps",
+                "max_nonfinite_steps"):
+        if cfg.trainer.get(key, 0) < 0:
+            raise ValueError(f"trainer.{key} must be >= 0, got {cfg.trainer[key]}")
+    if not (math.isfinite(cfg.trainer.grad_clip)):
+        raise ValueError(f"trainer.grad_clip must be finite (<= 0 disables clipping), got {cfg.trainer.grad_clip}")
+    if not 0.0 <= cfg.trainer.min_lr_ratio <= 1.0:
+        raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {cfg.trainer.min_lr_ratio}")
+    opt = cfg.trainer.optimizer
+    lr = opt.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"trainer.optimizer.lr must be a positive finite number, got {lr!r}")
+    wd = opt.get("weight_decay", 0.0)
+    if not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
+        raise ValueError(f"trainer.optimizer.weight_decay must be a finite number >= 0, got {wd!r}")
     if cfg.eval.batch_size <= 0:
         raise ValueError(f"eval.batch_size must be positive, got {cfg.eval.batch_size}")
+    absent = object()
+    unknown = [k for k in cfg.get("resume_allow_changes", []) if OmegaConf.select(cfg, k, default=absent) is absent]
+    if unknown:
+        raise ValueError(f"resume_allow_changes names unknown keys {unknown}")
+
+
+def validate_for_dataset(cfg: DictConfig, num_items: int) -> None:
+    """Checks that need the catalog: every cut-off k of ``eval.ks`` must be below the catalog size."""
+    from recsys.metrics import validate_ks
+
+    try:
+        validate_ks(cfg.eval.ks, num_items)
+    except ValueError as err:
+        raise ValueError(f"eval.ks: {err}") from None
+
+
+# Keys that never change what a resumed run computes (where and how verbosely it runs, or the
+# simulated kill of tests); every other difference from the checkpointed config is refused.
+RESUME_FREE_KEYS = (
+    "resume", "resume_allow_changes", "run_dir", "test_at_end", "data.path", "data.prepare_if_missing",
+    "trainer.progress", "trainer.log_every_n_steps", "trainer.stop_after_steps", "eval.batch_size",
+)
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain (resolved) config dicts, sorted."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for key in keys:
+        path = f"{prefix}{key}"
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{path}.")
+        elif a != b:
+            out.append(path)
+    return out
+
+
+def check_resume_changes(old: dict[str, Any], new: dict[str, Any], allowed: list[str], source: str) -> None:
+    """Raise ``ValueError`` listing the keys (with old -> new values) that differ from the run being
+    resumed, except :data:`RESUME_FREE_KEYS` and ``allowed`` (``resume_allow_changes``)."""
+    free = set(RESUME_FREE_KEYS) | set(allowed)
+    changed = [k for k in config_differences(old, new) if k not in free and not any(k.startswith(f + ".") for f in free)]
+    if changed:
+        def value(cfg: dict[str, Any], key: str) -> Any:
+            for part in key.split("."):
+                cfg = cfg.get(part, "<absent>") if isinstance(cfg, dict) else "<absent>"
+            return cfg
+
+        detail = "; ".join(f"{k}: {value(old, k)!r} -> {value(new, k)!r}" for k in changed)
+        raise ValueError(
+            f"resume: the config differs from the run in {source} in {detail}. Resuming with other settings "
+            f"would not continue the same run; start a new run, or allow the change explicitly with "
+            f"resume_allow_changes=[{','.join(changed)}]"
+        )
 
 
 def to_yaml(cfg: DictConfig) -> str:

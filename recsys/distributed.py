@@ -6,19 +6,40 @@ Layout of one distributed job (``torchrun --nproc_per_node=N -m recsys.train ...
 * ``model.tables`` (the frozen modality EmbeddingBagCollection and the optional trainable nested
   id table) are sharded by torchrec's ``DistributedModelParallel`` with its planner; the sharding
   type is the planner's choice (``trainer.sharding=auto``) or forced with
-  ``ParameterConstraints(sharding_types=[...])``. Tables use the DENSE compute kernel, so the
-  trainable id table is an ordinary parameter shard updated by the trainer's optimiser (same
-  update rule as single process) and the frozen tables are never touched by a fused optimiser;
+  ``ParameterConstraints(sharding_types=[...])``;
 * the dense part (projector, backbone) is replicated and wrapped in DDP by DMP; the DDP comm
   hook SUMS gradients (no division by world size) because every rank's loss is already divided
   by the GLOBAL number of target positions: sum over ranks = the single-process gradient. The
-  sharded tables' gradients are summed across ranks by the all-to-all's backward, consistently.
+  sharded tables' gradients are summed the same way by the embedding all-to-all's backward
+  (torchrec's gradient division, on by default, is switched off) and data_parallel tables' own
+  DDP gets the same summing hook.
+
+Trainable sharded table = an ordinary parameter shard, updated like single-process training.
+Every table uses torchrec's DENSE compute kernel (:func:`use_dense_kernels`): a table shard is a
+parameter with a ``.grad``, so the trainer's optimiser (AdamW as configured), its warmup+cosine
+``LambdaLR``, gradient clipping over the GLOBAL norm of all parameters (replicated ones once,
+table shards summed over ranks: :func:`clip_grad_norm_global`) and the checkpointed optimiser
+state (each rank's ``{name}.rank{r}.pt``, with its shards' AdamW moments) all apply to the id
+table exactly as in one process; 2-process runs match single-process ones to ~1e-7 (tested
+for row_wise and table_wise, including resume). The alternative, torchrec's FUSED kernels
+(the optimiser runs inside the backward, per table), was rejected: the update happens before the
+global gradient norm is known, so single-process clipping cannot be reproduced; fbgemm's CPU
+kernels have no Adam(W) (only SGD/Adagrad variants), and the fused state lives outside the
+trainer's optimiser and scheduler. The price of DENSE: a dense gradient and two AdamW moments
+per table shard (3x the shard's memory) and no fbgemm fused/UVM/caching kernels; fine for
+ML-1M-sized catalogs, for catalogs that do not fit three times in memory a fused Adam kernel
+(CUDA) with the learning rate set every step and no clipping of the table would be the trade-off.
+The planner only proposes fused kernels for model-parallel tables and refuses a DENSE constraint
+for them, so the plan's kernels are rewritten after planning (the sharded modules implement
+DENSE for every sharding type). Frozen tables (rows detached before the projector) get no
+gradient and are not given to the optimiser.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,7 +118,8 @@ def local_shard(batch: torch.Tensor, env: DistEnv) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- sharding
-def _sharder(fused_params: dict[str, Any] | None = None):
+def _sharder() -> Any:
+    """EBC sharder offering row_wise on every device (torchrec lists it for CUDA only)."""
     from torchrec.distributed.embedding_types import ShardingType
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 
@@ -108,8 +130,7 @@ def _sharder(fused_params: dict[str, Any] | None = None):
             types = super().sharding_types("cuda")
             return types if ShardingType.ROW_WISE.value in types else [*types, ShardingType.ROW_WISE.value]
 
-
-    return AnyDeviceEBCSharder(fused_params=fused_params)
+    return AnyDeviceEBCSharder()
 
 
 def table_names(model: nn.Module) -> list[str]:
@@ -132,7 +153,23 @@ def sharding_constraints(model: nn.Module, sharding: str) -> dict[str, Any]:
     }
 
 
-def sum_allreduce_hook(process_group, bucket):
+def use_dense_kernels(plan: Any) -> None:
+    """Switch every table of a planned ``ShardingPlan`` to the DENSE compute kernel (in place).
+
+    torchrec's planner only proposes fused kernels (optimiser inside the backward) for model-parallel
+    tables and rejects a DENSE constraint for them, but the sharded modules implement DENSE for every
+    sharding type: the shard is then an ordinary parameter with a ``.grad``. data_parallel tables
+    already use it.
+    """
+    from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+
+    for module_plan in plan.plan.values():
+        for spec in module_plan.values():
+            spec.compute_kernel = EmbeddingComputeKernel.DENSE.value
+
+
+def sum_allreduce_hook(process_group, bucket):  # unannotated: DDP rejects a bucket annotation other than
+    # the GradBucket class itself, and ``from __future__ import annotations`` makes it a string
     """DDP comm hook: all-reduce SUM of each gradient bucket (the loss is pre-normalised globally)."""
     fut = dist.all_reduce(bucket.buffer(), group=process_group, async_op=True).get_future()
     return fut.then(lambda f: f.value()[0])
@@ -141,76 +178,96 @@ def sum_allreduce_hook(process_group, bucket):
 class LossModule(nn.Module):
     """forward(*args) = loss_fn(model, *args): lets DMP's DDP see a forward for the loss."""
 
-    def __init__(self, model: nn.Module, loss_fn) -> None:
+    def __init__(self, model: nn.Module, loss_fn: Callable[..., Any]) -> None:
         super().__init__()
         self.model, self.loss_fn = model, loss_fn
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self.loss_fn(self.model, *args, **kwargs)
 
 
-def fused_params_for(optimizer_cfg: dict[str, Any] | None, device_type: str = "cpu") -> dict[str, Any]:
-    """torchrec fused-optimiser params of the sharded tables, matching the trainer's optimiser.
+@dataclass
+class ShardedModel:
+    """What :func:`shard_model` returns.
 
-    On CUDA, Adam(W) -> fbgemm ADAM with decoupled weight decay (the trainable id table); fbgemm's
-    CPU kernels have no Adam, so on CPU -> EXACT_ROWWISE_ADAGRAD at the configured lr; other
-    optimisers -> exact SGD. Frozen tables never receive a gradient (their rows are detached).
+    ``parameters``: this rank's trainable parameters in the single-process ``parameters()`` order:
+    the replicated dense ones and this rank's non-empty shards of trainable tables (frozen tables
+    are left out); hand them to the trainer's optimiser. ``sharded``: the subset held as disjoint
+    shards (not all-reduced: their squared gradient norms add up over ranks).
     """
-    from fbgemm_gpu.split_embedding_configs import EmbOptimType
-    from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 
-    cfg = dict(optimizer_cfg or {})
-    lr = float(cfg.get("lr", 1e-3))
-    if "Adam" in str(cfg.get("_target_", "")) and device_type == "cpu":
-        return {"optimizer": EmbOptimType.EXACT_ROWWISE_ADAGRAD, "learning_rate": lr}
-    if "Adam" in str(cfg.get("_target_", "")):
-        betas = cfg.get("betas", (0.9, 0.999))
-        return {
-            "optimizer": EmbOptimType.ADAM, "learning_rate": lr, "eps": float(cfg.get("eps", 1e-8)),
-            "beta1": float(betas[0]), "beta2": float(betas[1]),
-            "weight_decay": float(cfg.get("weight_decay", 0.01 if "AdamW" in str(cfg.get("_target_")) else 0.0)),
-            "weight_decay_mode": WeightDecayMode.DECOUPLE,
-        }
-    return {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": lr}
+    dmp: nn.Module
+    plan: Any
+    parameters: list[nn.Parameter]
+    sharded: list[nn.Parameter]
+
+    @property
+    def table_sharding(self) -> dict[str, str]:
+        return plan_summary(self.plan)
 
 
 def shard_model(
-    model: nn.Module, loss_fn, env: DistEnv, sharding: str = "auto", fused_params: dict[str, Any] | None = None
-):
-    """Shard ``model.tables`` in place with DMP (planner + constraints) and DDP-wrap the rest.
+    model: nn.Module, loss_fn: Callable[..., Any], env: DistEnv, sharding: str = "auto"
+) -> ShardedModel:
+    """Shard ``model.tables`` in place with DMP (planner + constraints, DENSE kernels) and DDP-wrap the rest.
 
-    Returns (dmp, plan). ``model`` keeps working as before (its tables are now sharded modules:
-    every lookup is a collective, so every rank must call it). Weights are preserved: the full
-    unsharded state is copied into the shards after sharding.
+    ``model`` keeps working as before (its tables are now sharded modules: every lookup is a
+    collective, so every rank must call it). Weights are preserved: the full unsharded state is
+    copied into the shards after sharding. Sets torchrec's gradient division off (process-wide):
+    the embedding all-to-all's backward then SUMS the ranks' gradients, like the DDP hook.
     """
+    from torchrec.distributed import comm_ops
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.types import ShardingEnv
 
     full = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    sharder = _sharder(fused_params)
+    sharder = _sharder()
     pg = dist.group.WORLD
     planner = EmbeddingShardingPlanner(
         topology=Topology(world_size=env.world_size, compute_device=env.device.type, local_world_size=_local_world()),
         constraints=sharding_constraints(model, sharding),
     )
     wrapper = LossModule(model, loss_fn)
+    trainable = [name for name, p in wrapper.named_parameters() if p.requires_grad]
     plan = planner.collective_plan(wrapper, [sharder], pg)
+    use_dense_kernels(plan)
+    comm_ops.set_gradient_division(False)  # sum, not mean, over ranks (the loss is globally normalised)
     dmp = DistributedModelParallel(
         module=wrapper, env=ShardingEnv.from_process_group(pg), device=env.device, plan=plan, sharders=[sharder]
     )
-    ddp = dmp._dmp_wrapped_module
-    if isinstance(ddp, nn.parallel.DistributedDataParallel):
+    for ddp in _ddp_modules(dmp):  # the dense part and data_parallel tables' lookups: SUM, not mean
         ddp.register_comm_hook(pg, sum_allreduce_hook)
     load_full_state_dict(model, full)
-    return dmp, plan
+    named = dict(dmp.named_parameters())
+    if set(trainable) - set(named):
+        raise RuntimeError(f"parameters lost by sharding: {sorted(set(trainable) - set(named))}")
+    kinds = plan_summary(plan)
+    params = [named[n] for n in trainable if named[n].numel() > 0]  # frozen tables stay out
+    sharded = [  # table shards (model.tables.<ebc>.embedding_bags.<table>.weight), not data_parallel copies
+        named[n] for n in trainable
+        if n.startswith("model.tables.") and named[n].numel() > 0
+        and kinds.get(n.split(".")[-2], "data_parallel") != "data_parallel"
+    ]
+    return ShardedModel(dmp, plan, params, sharded)
+
+
+def _ddp_modules(dmp: nn.Module) -> list[nn.parallel.DistributedDataParallel]:
+    """Every DDP inside a DMP: its dense-part wrapper and each data_parallel table lookup's own DDP
+    (kept in the sharded modules' plain ``_lookups`` lists, so ``modules()`` does not reach them)."""
+    found: list[nn.parallel.DistributedDataParallel] = []
+    for module in dmp.modules():
+        for m in (module, *getattr(module, "_lookups", ())):
+            if isinstance(m, nn.parallel.DistributedDataParallel) and all(m is not f for f in found):
+                found.append(m)
+    return found
 
 
 def _local_world() -> int:
     return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
 
 
-def plan_summary(plan, model: nn.Module) -> dict[str, str]:
+def plan_summary(plan: Any) -> dict[str, str]:
     """{table: sharding type} of a torchrec plan."""
     out = {}
     for module_plan in plan.plan.values():
@@ -223,14 +280,6 @@ def _is_sharded(value: Any) -> bool:
     from torch.distributed._shard.sharded_tensor import ShardedTensor
 
     return isinstance(value, ShardedTensor)
-
-
-def sharded_parameters(model: nn.Module, plan) -> list[torch.Tensor]:
-    """Trainable table parameters held as disjoint shards (not replicated): their grad norms add up."""
-    kinds = plan_summary(plan, model)
-    if model.tables.ids is None or kinds.get("item_id_table") == "data_parallel":
-        return []
-    return [p for p in model.tables.ids.parameters() if p.requires_grad]
 
 
 def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -281,27 +330,31 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.cpu() for k, v in state.items()}
 
 
-def clip_grad_norm_global(params: list[torch.Tensor], sharded: list[torch.Tensor], max_norm: float, env: DistEnv):
-    """clip_grad_norm_ with the GLOBAL norm: replicated grads counted once, shard norms summed."""
+def clip_grad_norm_global(
+    params: list[torch.Tensor], sharded: list[torch.Tensor], max_norm: float, env: DistEnv
+) -> torch.Tensor:
+    """``clip_grad_norm_`` over the GLOBAL gradient of the whole model (a collective).
+
+    ``params``: this rank's trainable parameters; ``sharded``: those held as disjoint shards. The
+    replicated gradients (identical on every rank after the summing all-reduce) count once, the
+    shards' squared norms are summed over ranks: the norm single-process ``clip_grad_norm_``
+    computes over ``model.parameters()``. Scales every gradient by ``max_norm / (norm + 1e-6)``
+    when that is < 1, like torch. Returns the norm (a float32 scalar tensor, NaN/inf propagate).
+    """
     sharded_ids = {id(p) for p in sharded}
-    dense_sq = torch.zeros((), dtype=torch.float64)
-    shard_sq = torch.zeros((), dtype=torch.float64)
+    sq = torch.zeros(2, dtype=torch.float64)  # [replicated, sharded] sums of squares
     grads = []
     for p in params:
         if p.grad is None:
             continue
         grads.append(p.grad)
-        sq = p.grad.detach().double().pow(2).sum().cpu()
-        if id(p) in sharded_ids:
-            shard_sq += sq
-        else:
-            dense_sq += sq
+        sq[int(id(p) in sharded_ids)] += p.grad.detach().double().pow(2).sum().cpu()
     if env.enabled:
-        t = shard_sq.to(env.device)
-        dist.all_reduce(t)
-        shard_sq = t.cpu()
-    total = float((dense_sq + shard_sq).sqrt())
-    coef = max_norm / (total + 1e-6)
+        shard_sq = sq[1:].to(env.device, copy=True)
+        dist.all_reduce(shard_sq)
+        sq[1] = shard_sq.cpu()[0]
+    total = sq.sum().sqrt().float()
+    coef = max_norm / (float(total) + 1e-6)
     if coef < 1.0:
         for g in grads:
             g.mul_(coef)
@@ -309,19 +362,22 @@ def clip_grad_norm_global(params: list[torch.Tensor], sharded: list[torch.Tensor
 
 
 def all_reduce_accumulator(acc, env: DistEnv):
-    """Sum a MetricAccumulator's per-user sums and its count over ranks (in place; returns it)."""
+    """Sum a MetricAccumulator's per-user sums, its non-finite user counts and its user count over
+    ranks (in place; returns it)."""
     if not env.enabled:
         return acc
     from recsys.metrics import metrics_from_ranks
 
     names = sorted(metrics_from_ranks(torch.zeros(1), acc.ks))
+    nonfinite = torch.tensor([float(n) for n in acc.nonfinite_users().values()], dtype=torch.float64)
     stacked = torch.stack(
         [acc.sums.get(n, torch.zeros(len(acc.sizes), dtype=torch.float64)).double() for n in names]
-        + [torch.full((len(acc.sizes),), float(acc.count), dtype=torch.float64)]
+        + [nonfinite, torch.full((len(acc.sizes),), float(acc.count), dtype=torch.float64)]
     ).to(env.device)
     dist.all_reduce(stacked)
     stacked = stacked.cpu()
     acc.sums = {n: stacked[i] for i, n in enumerate(names)}
+    acc.nonfinite = stacked[-2].round().long()
     acc.count = int(round(float(stacked[-1, 0])))
     return acc
 

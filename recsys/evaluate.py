@@ -6,6 +6,7 @@ evaluates a trained run's checkpoint at every size of its ladder and prints the 
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from recsys.metrics import MetricAccumulator, mask_history, validate_ks
 from recsys.model import MatryoshkaRecModel
 from recsys.reporting import SizeMetrics, format_table, jsonable_metrics
 
+log = logging.getLogger("recsys.evaluate")
 
 @torch.no_grad()
 def evaluate_split(
@@ -28,25 +30,35 @@ def evaluate_split(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     user_range: tuple[int, int] | None = None,
+    split_name: str = "evaluation",
 ) -> MetricAccumulator:
     """Rank every catalog item for each user of ``split`` at every size of ``model.ladder``.
 
     The catalog embeddings (N+1, D) are computed once; each batch costs one backbone pass and
     one fused all-sizes scoring. ``user_range`` restricts to users [start, stop) (used to shard
-    users across ranks). Returns the accumulator of per-user sums (call ``.compute()``).
+    users across ranks). Returns the accumulator of per-user sums (call ``.compute()``). Users whose
+    scores hold a NaN or +inf count as misses and are logged (``split_name``) and counted
+    (``acc.nonfinite_users()``).
     """
     was_training = model.training
     model.eval()
-    acc = MetricAccumulator(sizes=tuple(model.ladder), ks=validate_ks(ks))
+    acc = MetricAccumulator(sizes=tuple(model.ladder), ks=validate_ks(ks, model.num_items))
     item_emb = model.item_embeddings()
     start, stop = user_range if user_range is not None else (0, len(split))
     for inputs, targets, history in split.batches(batch_size, start, stop):
         inputs, targets, history = inputs.to(device), targets.to(device), history.to(device)
-        scores = model.score(inputs, item_emb).float()  # (M, B, N+1), padding column -inf
+        # float64 dot products: fp32 rounding of the large common score offset reorders near-ties
+        scores = model.score(inputs, item_emb, dtype=torch.float64)  # (M, B, N+1), padding column -inf
         if filter_history:
             scores = mask_history(scores, history, targets)
         acc.update(scores, targets)
     model.train(was_training)
+    bad = {d: n for d, n in acc.nonfinite_users().items() if n}
+    if bad:
+        log.warning(
+            "%s: non-finite scores for %s users (size: users); they are counted as misses",
+            split_name, ", ".join(f"d{d}: {n}" for d, n in bad.items()),
+        )
     return acc
 
 

@@ -9,7 +9,9 @@ catalog items (padding excluded):
 
 Ties are counted against the target: ``r = #{score > s_t} + #{score == s_t, other items}``.
 A model that scores everything equally therefore gets rank N-1, not 0, so degenerate models
-cannot look good.
+cannot look good. Non-finite scores never help the target: a NaN item score counts as higher
+than the target, and a non-finite target score (NaN, +inf or -inf) is a miss (rank N, beyond
+every cut-off). The accumulator counts such users per size (``nonfinite``) so they are reported.
 
 Results are accumulated as per-user *sums* and a user count, so that shards of users (batches,
 or ranks of a distributed job) combine by summation, never by averaging averages.
@@ -26,14 +28,23 @@ METRIC_NAMES = ("recall", "ndcg", "mrr")
 DEFAULT_KS = (5, 10, 20, 50)
 
 
-def validate_ks(ks: Iterable[int]) -> tuple[int, ...]:
-    """Return ``ks`` as a sorted tuple, raising ``ValueError`` for an empty list or a k <= 0."""
+def validate_ks(ks: Iterable[int], num_items: int | None = None) -> tuple[int, ...]:
+    """Return ``ks`` as a sorted tuple, raising ``ValueError`` for an empty list, a k <= 0, or
+    (when the catalog size ``num_items`` is given) a k >= ``num_items``, which every ranking
+    would hit trivially (Recall@k = 1)."""
     ks = tuple(int(k) for k in ks)
     if not ks:
         raise ValueError("metrics.ks must name at least one cut-off k")
     bad = [k for k in ks if k <= 0]
     if bad:
         raise ValueError(f"metrics.ks must be positive integers, got {bad} in {list(ks)}")
+    if num_items is not None:
+        too_big = [k for k in ks if k >= num_items]
+        if too_big:
+            raise ValueError(
+                f"metrics.ks {too_big} are not below the catalog size {num_items}: every ranking would hit "
+                f"(Recall@k = 1); use cut-offs smaller than {num_items}"
+            )
     return tuple(sorted(set(ks)))
 
 
@@ -51,16 +62,18 @@ def mask_history(scores: torch.Tensor, history: torch.Tensor, targets: torch.Ten
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """0-based rank of each target among all items, ties counted against the target.
+    """0-based rank of each target among all items, ties and non-finite scores counted against it.
 
     scores: (..., B, N+1) with the padding column already at -inf; targets: (B,) in 1..N.
-    Returns (..., B) long.
+    Returns (..., B) long: ``#{score > s_t} + #{score == s_t, other items} + #{score is NaN}``,
+    or N (a miss at every cut-off k < N) where the target's own score is not finite.
     """
     index = targets.view(*([1] * (scores.dim() - 2)), -1, 1).expand(*scores.shape[:-1], 1)
     target_scores = scores.gather(-1, index)  # (..., B, 1)
-    higher = (scores > target_scores).sum(-1)
-    ties = (scores == target_scores).sum(-1) - 1  # the target equals itself
-    return higher + ties
+    # >= counts the target itself once; a NaN item compares False, so it is added explicitly
+    not_below = ((scores >= target_scores) | scores.isnan()).sum(-1) - 1
+    num_items = scores.shape[-1] - 1
+    return torch.where(target_scores.squeeze(-1).isfinite(), not_below, torch.full_like(not_below, num_items))
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -87,21 +100,36 @@ class MetricAccumulator:
     ks: tuple[int, ...] = DEFAULT_KS
     sums: dict[str, torch.Tensor] = field(default_factory=dict)  # metric -> (M,) float64
     count: int = 0
+    nonfinite: torch.Tensor | None = None  # (M,) users whose scores held a NaN/inf (counted as misses)
 
     def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
         """scores: (M, B, N+1) for the M sizes, padding column at -inf; targets: (B,)."""
         if scores.shape[0] != len(self.sizes):
             raise ValueError(f"scores hold {scores.shape[0]} sizes, accumulator expects {len(self.sizes)}")
-        per_user = metrics_from_ranks(target_ranks(scores, targets), self.ks)
+        # -inf is legitimate (padding, filtered history); NaN and +inf are not
+        bad = (scores.isnan() | (scores == float("inf"))).any(-1).sum(-1).cpu()  # (M,)
+        self.nonfinite = bad if self.nonfinite is None else self.nonfinite + bad
+        self.update_ranks(target_ranks(scores, targets))
+
+    def update_ranks(self, ranks: torch.Tensor) -> None:
+        """ranks: (M, B) 0-based target ranks (see :func:`target_ranks`)."""
+        per_user = metrics_from_ranks(ranks, self.ks)
         for name, values in per_user.items():
             total = values.sum(-1).cpu()
             self.sums[name] = self.sums[name] + total if name in self.sums else total
-        self.count += int(targets.shape[0])
+        self.count += int(ranks.shape[-1])
 
     def merge(self, other: MetricAccumulator) -> None:
         for name, total in other.sums.items():
             self.sums[name] = self.sums[name] + total if name in self.sums else total.clone()
+        if other.nonfinite is not None:
+            self.nonfinite = other.nonfinite.clone() if self.nonfinite is None else self.nonfinite + other.nonfinite
         self.count += other.count
+
+    def nonfinite_users(self) -> dict[int, int]:
+        """{size: number of users whose scores held a NaN or +inf} (0 everywhere for a healthy model)."""
+        counts = self.nonfinite if self.nonfinite is not None else torch.zeros(len(self.sizes), dtype=torch.long)
+        return {size: int(counts[i]) for i, size in enumerate(self.sizes)}
 
     def compute(self) -> dict[int, dict[str, float]]:
         """{size: {"recall@10": value, ...}} averaged over all users seen."""

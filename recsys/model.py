@@ -163,11 +163,20 @@ class MatryoshkaRecModel(nn.Module):
             hidden[keep], targets[keep], item_emb, self.ladder, size_weights, self.config.loss_budget_bytes
         )
 
-    def score(self, seq: torch.Tensor, item_emb: torch.Tensor | None = None) -> torch.Tensor:
-        """seq (B, L) left-padded -> (M, B, N+1) scores of the last position at every size; column 0 = -inf."""
+    def score(
+        self, seq: torch.Tensor, item_emb: torch.Tensor | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
+        """seq (B, L) left-padded -> (M, B, N+1) scores of the last position at every size; column 0 = -inf.
+
+        ``dtype`` (e.g. ``torch.float64``): the final dot products are accumulated in that precision.
+        Evaluation uses float64 because every score carries a common offset that grows with d (item
+        embeddings share a mean direction), so float32 rounding would reorder near-ties at large d.
+        """
         if item_emb is None:
             item_emb = self.item_embeddings()
         last = self.encode(seq, item_emb)[:, -1]  # (B, D)
+        if dtype is not None:
+            last, item_emb = last.to(dtype), item_emb.to(dtype)
         scores = all_size_logits(last, item_emb, self.ladder)  # (M, B, N+1)
         scores[:, :, 0] = float("-inf")
         return scores

@@ -30,19 +30,24 @@ from tqdm.auto import tqdm
 from data_prep.atomic import write_json_atomic
 from recsys.builders import build_dataset, build_model
 from recsys.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
-from recsys.config import effective_ladder, register_schemas, validate
+from recsys.config import (
+    check_resume_changes,
+    effective_ladder,
+    register_schemas,
+    validate,
+    validate_for_dataset,
+)
 from recsys.data import SequenceDataset
 from recsys.distributed import (
     all_reduce_accumulator,
     all_reduce_sum,
     barrier,
     broadcast_object,
+    clip_grad_norm_global,
     full_state_dict,
-    fused_params_for,
     init_distributed,
     load_full_state_dict,
     local_shard,
-    plan_summary,
     rank_range,
     shard_model,
 )
@@ -119,28 +124,24 @@ class Trainer:
         self.env = init_distributed(cfg.trainer.device)
         self.device = self.env.device if self.env.enabled else resolve_device(cfg.trainer.device)
         self.dataset = dataset if dataset is not None else build_dataset(cfg)
+        validate_for_dataset(cfg, self.dataset.num_items)
         self.model: MatryoshkaRecModel = build_model(cfg, self.dataset).to(self.device)
         self.loss_name = cfg.loss.name
         self.popularity = None
         if self.loss_name == "sampled_softmax":
             self.popularity = item_popularity(self.dataset._train_targets, self.dataset.num_items)
-        self.dmp = None
-        if self.env.enabled:  # item tables sharded by torchrec DMP, dense part DDP (gradients summed)
-            self.dmp, plan = shard_model(
-                self.model, self._loss_sum, self.env, cfg.trainer.get("sharding", "auto"),
-                fused_params_for(OmegaConf.to_container(cfg.trainer.optimizer), self.device.type),
-            )
-            self.sharding_plan = plan_summary(plan, self.model)
+        self.dmp, self.sharded = None, None
+        if self.env.enabled:  # item tables sharded by torchrec DMP (DENSE kernels), dense part DDP (grads summed)
+            self.sharded = shard_model(self.model, self._loss_sum, self.env, cfg.trainer.get("sharding", "auto"))
+            self.dmp, self.sharding_plan = self.sharded.dmp, self.sharded.table_sharding
             log.info("rank %d/%d: table sharding %s", self.env.rank, self.env.world_size, self.sharding_plan)
         self.sizes = effective_ladder(cfg.model)
         self.size_weights = list(cfg.loss.size_weights) if cfg.loss.size_weights is not None else None
         self.ks = tuple(cfg.eval.ks)
         self.batches_per_epoch = self.dataset.num_train_batches(cfg.trainer.batch_size)
         self.total_steps = cfg.trainer.max_epochs * self.batches_per_epoch
-        if self.dmp is not None:  # tables with torchrec's fused optimiser (in backward) are left out
-            from torchrec.optim.optimizers import in_backward_optimizer_filter
-
-            params = [p for _, p in in_backward_optimizer_filter(self.dmp.named_parameters()) if p.requires_grad]
+        if self.sharded is not None:  # dense replicas + this rank's table shards: one optimiser for all
+            params = self.sharded.parameters
         else:
             params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = instantiate(cfg.trainer.optimizer)(params)
@@ -156,6 +157,7 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.best_value, self.best_step, self.bad_validations = -math.inf, -1, 0
         self.val_history: list[dict[str, Any]] = []
+        self.nonfinite_steps = 0  # steps skipped for a NaN/inf loss or gradient norm
         self.tb = TensorBoardLogger(self.run_dir / "tb", self.sizes, self.ks) if self.env.is_main else _NullLogger()
 
     # ------------------------------------------------------------------ checkpoints
@@ -174,25 +176,32 @@ class Trainer:
             "best_step": self.best_step,
             "bad_validations": self.bad_validations,
             "val_history": self.val_history,
+            "nonfinite_steps": self.nonfinite_steps,
             "sizes": list(self.sizes),
+            "config": OmegaConf.to_container(self.cfg, resolve=True),  # checked on resume
         }
 
     def save_checkpoint(self, name: str) -> Path:
         path = self.ckpt_dir / f"{name}.pt"
         state = self.state()
-        if self.env.enabled:  # rank 0: model + progress; every rank: its optimiser and RNG states
+        if self.env.enabled:  # rank 0: model + progress; every rank: its optimiser (incl. its table shards) and RNG
             if self.env.is_main:
                 atomic_torch_save(state, path)
             atomic_torch_save(
-                {"optimizer": state["optimizer"], "rng": state["rng"]}, self.ckpt_dir / f"{name}.rank{self.env.rank}.pt"
+                {"optimizer": state["optimizer"], "rng": state["rng"], "param_shapes": self._param_shapes()},
+                self.ckpt_dir / f"{name}.rank{self.env.rank}.pt",
             )
             barrier(self.env)
         else:
             atomic_torch_save(state, path)
         return path
 
+    def _param_shapes(self) -> list[list[int]]:
+        """Shapes of the optimised parameters on this rank (the table shards differ by rank and sharding)."""
+        return [list(p.shape) for group in self.optimizer.param_groups for p in group["params"]]
+
     def resume_from(self, path: str | Path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.device)
+        ckpt = load_checkpoint(path, map_location=self.device, required=RESUME_KEYS)
         if list(ckpt["sizes"]) != list(self.sizes):
             raise ValueError(f"checkpoint {path} was trained with sizes {ckpt['sizes']}, config has {list(self.sizes)}")
         if int(ckpt.get("world_size", 1)) != self.env.world_size:
@@ -201,7 +210,14 @@ class Trainer:
             )
         if self.env.enabled:
             load_full_state_dict(self.model, ckpt["model"])
-            ckpt.update(load_checkpoint(Path(path).with_name(f"{Path(path).stem}.rank{self.env.rank}.pt")))
+            rank_path = Path(path).with_name(f"{Path(path).stem}.rank{self.env.rank}.pt")
+            rank_ckpt = load_checkpoint(rank_path, map_location=self.device, required=("optimizer", "rng"))
+            if rank_ckpt.get("param_shapes", self._param_shapes()) != self._param_shapes():
+                raise ValueError(
+                    f"{rank_path} holds optimiser state of other parameter shards than this run's "
+                    f"(table sharding {self.sharding_plan}); resume with the same world size and trainer.sharding"
+                )
+            ckpt.update(rank_ckpt)
         else:
             self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -209,6 +225,7 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         for key in ("epoch", "batch_in_epoch", "step", "best_value", "best_step", "bad_validations", "val_history"):
             setattr(self, key, ckpt[key])
+        self.nonfinite_steps = int(ckpt.get("nonfinite_steps", 0))
         log.info("Resumed from %s at epoch %d, batch %d, step %d", path, self.epoch, self.batch_in_epoch, self.step)
 
     # ------------------------------------------------------------------ evaluation
@@ -218,7 +235,7 @@ class Trainer:
         user_range = rank_range(len(data), self.env.world_size, self.env.rank) if self.env.enabled else None
         acc = evaluate_split(
             self.model, data, self.ks, self.cfg.eval.filter_history,
-            self.cfg.eval.batch_size, self.device, user_range=user_range,
+            self.cfg.eval.batch_size, self.device, user_range=user_range, split_name=split,
         )
         return all_reduce_accumulator(acc, self.env).compute()
 
@@ -228,7 +245,7 @@ class Trainer:
         self.tb.log_eval("validation", self.step, results)
         value = results[self.monitor_size][self.cfg.trainer.monitor]
         self.val_history.append({"step": self.step, "epoch": self.epoch, "value": value})
-        improved = value > self.best_value
+        improved = math.isfinite(value) and value > self.best_value  # a non-finite value is never "best"
         if improved:
             self.best_value, self.best_step, self.bad_validations = value, self.step, 0
         else:
@@ -263,17 +280,43 @@ class Trainer:
             total, per_size = self.loss_fn(inputs, targets, self.size_weights)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        grad_norm = None
         if self.cfg.trainer.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        if self._step_is_finite(total.detach(), grad_norm):
+            self.optimizer.step()
+            self.scheduler.step()
         return float(total.detach()), [float(x) for x in per_size]
+
+    def _step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
+        """False (gradients dropped, the step skipped and counted) for a NaN/inf loss or gradient norm.
+
+        Raises ``FloatingPointError`` naming the step once more than ``trainer.max_nonfinite_steps``
+        steps were skipped, so a diverged run stops instead of training on garbage.
+        """
+        finite = bool(torch.isfinite(loss)) and (grad_norm is None or bool(torch.isfinite(grad_norm)))
+        if finite:
+            return True
+        self.optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_steps += 1
+        what = f"loss {float(loss)}" if not torch.isfinite(loss) else f"gradient norm {float(grad_norm)}"
+        where = f"step {self.step + 1} (epoch {self.epoch}, batch {self.batch_in_epoch})"
+        allowed = int(self.cfg.trainer.max_nonfinite_steps)
+        if self.nonfinite_steps > allowed:
+            raise FloatingPointError(
+                f"non-finite training {what} at {where}; {self.nonfinite_steps} non-finite step(s), "
+                f"trainer.max_nonfinite_steps={allowed}. Lower trainer.optimizer.lr, keep trainer.grad_clip > 0, "
+                f"or allow skipped steps with trainer.max_nonfinite_steps=N"
+            )
+        log.warning("skipped %s: non-finite training %s (%d of %d allowed)", where, what, self.nonfinite_steps, allowed)
+        return False
 
     def _train_step_sum(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, list[float]]:
         """Step on this rank's shard of the global batch; loss = local sum / GLOBAL target count.
 
         Summed over ranks (DDP sum hook for the dense part, the all-to-all backward for sharded
-        tables) the gradients equal the single-process gradients of the whole batch.
+        tables) the gradients equal the single-process gradients of the whole batch; clipping uses
+        their global norm and one AdamW + LambdaLR updates dense replicas and table shards alike.
         """
         global_count = int((targets != 0).sum())
         inputs, targets = local_shard(inputs, self.env).to(self.device), local_shard(targets, self.env).to(self.device)
@@ -282,12 +325,18 @@ class Trainer:
             total_sum, per_size_sum, _ = forward(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
         (total_sum / global_count).backward()
-        if self.cfg.trainer.grad_clip > 0:  # dense grads are identical on every rank after the sum
-            torch.nn.utils.clip_grad_norm_(self.optimizer.param_groups[0]["params"], self.cfg.trainer.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
         stats = all_reduce_sum(torch.cat([total_sum.detach().reshape(1).cpu(), per_size_sum.cpu()]), self.env)
-        stats = stats / global_count
+        stats = stats / global_count  # the global loss: every rank takes the same skip decision below
+        grad_norm = None
+        if self.cfg.trainer.grad_clip > 0 and self.sharded is not None:  # norm of ALL params, table shards too
+            grad_norm = clip_grad_norm_global(
+                self.sharded.parameters, self.sharded.sharded, self.cfg.trainer.grad_clip, self.env
+            )
+        elif self.cfg.trainer.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.trainer.grad_clip)
+        if self._step_is_finite(stats[0], grad_norm):
+            self.optimizer.step()
+            self.scheduler.step()
         return float(stats[0]), [float(x) for x in stats[1:]]
 
     def fit(self) -> str:
@@ -329,6 +378,8 @@ class Trainer:
                         return "stop_after_steps"
                     if self.batch_in_epoch == 0:
                         break  # epoch finished: draw the next epoch's order
+            if not self.val_history or self.val_history[-1]["step"] != self.step:
+                self.validate()  # the last steps are never left unvalidated (and a best checkpoint exists)
             return "max_epochs"
         finally:
             bar.close()
@@ -337,12 +388,16 @@ class Trainer:
     def test_best(self) -> dict[str, SizeMetrics]:
         """Evaluate the best checkpoint on validation and (once) on test; write metrics.json + plot."""
         best = self.ckpt_dir / "best.pt"
-        if best.is_file():
-            best_state = load_checkpoint(best, map_location=self.device)["model"]
-            if self.env.enabled:
-                load_full_state_dict(self.model, best_state)
-            else:
-                self.model.load_state_dict(best_state)
+        if not best.is_file():
+            raise FileNotFoundError(
+                f"{best} is missing: there is no best checkpoint to test (it is written at the first validation). "
+                f"Restore it, or evaluate another checkpoint with recsys-eval run_dir={self.run_dir} checkpoint=last"
+            )
+        best_state = load_checkpoint(best, map_location=self.device)["model"]
+        if self.env.enabled:
+            load_full_state_dict(self.model, best_state)
+        else:
+            self.model.load_state_dict(best_state)
         results = {"validation": self.evaluate("validation"), "test": self.evaluate("test")}
         self.tb.log_eval("test", self.step, results["test"])
         if not self.env.is_main:
@@ -379,16 +434,27 @@ class _NullLogger:
         return lambda *args, **kwargs: None
 
 
-def resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, Path | None]:
-    """(run directory to write into, checkpoint to resume from or None) for ``cfg.resume``."""
+def resolve_resume(cfg: DictConfig, run_dir: Path, search_siblings: bool = False) -> tuple[Path, Path | None]:
+    """(run directory to write into, checkpoint to resume from or None) for ``cfg.resume``.
+
+    ``resume=true`` continues ``run_dir``'s last checkpoint. Only when ``run_dir`` is Hydra's default
+    fresh timestamped folder (``runs/NAME/TIME``, ``search_siblings``) does it fall back to the newest
+    sibling run of the same name; a run directory the user chose is never swapped for another.
+    """
     if cfg.resume is None or str(cfg.resume).lower() in ("false", "none", ""):
         return run_dir, None
     if str(cfg.resume).lower() in ("true", "last"):
         ckpt = run_dir / "checkpoints" / "last.pt"
         if not ckpt.is_file():
-            candidates = sorted(run_dir.parent.glob("*/checkpoints/last.pt"), key=lambda p: p.stat().st_mtime)
+            candidates = []
+            if search_siblings:
+                candidates = sorted(
+                    (p for p in run_dir.parent.glob("*/checkpoints/last.pt") if p.parent.parent != run_dir),
+                    key=lambda p: p.stat().st_mtime,
+                )
             if not candidates:
-                raise FileNotFoundError(f"resume=true: no checkpoints/last.pt in {run_dir} or its sibling runs")
+                where = f"{run_dir} or its sibling runs" if search_siblings else str(run_dir)
+                raise FileNotFoundError(f"resume=true: no checkpoints/last.pt in {where}")
             ckpt = candidates[-1]
         return ckpt.parent.parent, ckpt
     ckpt = Path(cfg.resume)
@@ -397,10 +463,35 @@ def resolve_resume(cfg: DictConfig, run_dir: Path) -> tuple[Path, Path | None]:
     return ckpt.parent.parent, ckpt
 
 
-def run(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> dict[str, Any]:
-    """Train (or resume) and test one configuration; the programmatic entry point used by tests."""
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "batch_in_epoch", "step", "sizes")
+
+
+def check_resumable(cfg: DictConfig, run_dir: Path, ckpt_path: Path) -> None:
+    """Before anything is written: ``ckpt_path`` must load as a full training checkpoint, and ``cfg``
+    may differ from the checkpointed run's config only in harmless keys or ``resume_allow_changes``."""
+    ckpt = load_checkpoint(ckpt_path, required=RESUME_KEYS)
+    old = ckpt.get("config")
+    source = str(ckpt_path)
+    if old is None and (run_dir / "config.yaml").is_file():  # checkpoints written before configs were stored
+        old, source = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"), resolve=True), str(
+            run_dir / "config.yaml"
+        )
+    if old is not None:
+        new = OmegaConf.to_container(cfg, resolve=True)
+        check_resume_changes(old, new, list(cfg.get("resume_allow_changes", [])), source)
+
+
+def run(
+    cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None, search_siblings: bool = False
+) -> dict[str, Any]:
+    """Train (or resume) and test one configuration; the programmatic entry point used by tests.
+
+    ``search_siblings``: see :func:`resolve_resume` (True only for Hydra's default run directory).
+    """
     env = init_distributed(cfg.trainer.device)
-    run_dir, resume_ckpt = broadcast_object(resolve_resume(cfg, Path(run_dir)), env)  # every rank: rank 0's dir
+    run_dir, resume_ckpt = broadcast_object(resolve_resume(cfg, Path(run_dir), search_siblings), env)
+    if resume_ckpt is not None:
+        check_resumable(cfg, run_dir, resume_ckpt)  # raises before config.yaml or anything else is touched
     run_dir.mkdir(parents=True, exist_ok=True)
     if env.is_main:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -430,7 +521,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         res = run_independent(cfg, run_dir)["validation"]
         size = effective_ladder(cfg.model)[-1]
         return res[size][cfg.trainer.monitor] if size in res else None
-    out = run(cfg, run_dir)
+    # resume=true may look at sibling runs only when the directory is Hydra's fresh default one
+    chosen = cfg.run_dir is not None or any(o.startswith("hydra.run.dir=") for o in HydraConfig.get().overrides.hydra)
+    out = run(cfg, run_dir, search_siblings=not chosen)
     print(f"\nrun directory: {out['run_dir']}\nTensorBoard:   tensorboard --logdir {out['run_dir'] / 'tb'}")
     if out["results"] is None:
         return None

@@ -64,3 +64,23 @@ def test_bad_values_fail_with_a_clear_message(overrides, message):
 def test_width_truncates_the_ladder():
     cfg = compose_cfg("model.width=256")
     assert model_config(cfg).ladder == (8, 16, 32, 64, 128, 256)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("trainer.optimizer.lr=0", "trainer.optimizer.lr must be a positive finite number"),
+        ("trainer.optimizer.lr=-1e-3", "trainer.optimizer.lr"),
+        ("trainer.optimizer.lr=inf", "trainer.optimizer.lr"),
+        ("trainer.optimizer.weight_decay=-0.1", "trainer.optimizer.weight_decay"),
+        ("trainer.warmup_steps=-1", "trainer.warmup_steps must be >= 0"),
+        ("trainer.patience=-2", "trainer.patience must be >= 0"),
+        ("trainer.max_nonfinite_steps=-1", "trainer.max_nonfinite_steps"),
+        ("trainer.grad_clip=inf", "trainer.grad_clip must be finite"),
+        ("trainer.min_lr_ratio=2", "trainer.min_lr_ratio"),
+        ("resume_allow_changes=[trainer.max_epoch]", "resume_allow_changes names unknown keys"),
+    ],
+)
+def test_absurd_training_values_are_rejected_naming_the_key(override, message):
+    with pytest.raises(ValueError, match=message):
+        validate(compose_cfg(override))

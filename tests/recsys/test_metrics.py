@@ -94,3 +94,38 @@ def test_history_filter_masks_seen_items_but_not_the_target():
 def test_bad_ks_are_rejected(ks):
     with pytest.raises(ValueError, match="k"):
         validate_ks(ks)
+
+
+def test_nan_scores_are_misses_not_perfect_hits():
+    nan = float("nan")
+    all_nan = torch.full((1, 6), nan)
+    all_nan[:, 0] = NEG
+    assert target_ranks(all_nan, torch.tensor([3])).tolist() == [5]  # rank N: beyond every k < N
+    m = metrics_from_ranks(target_ranks(all_nan, torch.tensor([3])), ks=[5])
+    assert m["recall@5"].tolist() == [0.0] and m["ndcg@5"].tolist() == [0.0] and m["mrr@5"].tolist() == [0.0]
+
+
+def test_nan_item_scores_count_against_the_target():
+    scores = torch.tensor([[NEG, 0.1, 0.9, float("nan"), float("nan")]])
+    assert target_ranks(scores, torch.tensor([2])).tolist() == [2]  # two NaN items outrank it
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
+def test_infinite_target_score_is_a_miss(bad):
+    scores = torch.tensor([[NEG, 0.1, bad, 0.5]])
+    assert target_ranks(scores, torch.tensor([2])).tolist() == [3]
+
+
+def test_accumulator_counts_users_with_nonfinite_scores():
+    acc = MetricAccumulator(sizes=(4, 8), ks=(1,))
+    scores = torch.tensor([[[NEG, 0.1, 0.9], [NEG, 0.3, 0.2]], [[NEG, float("nan"), 0.9], [NEG, 0.3, 0.2]]])
+    acc.update(scores, torch.tensor([2, 1]))
+    assert acc.nonfinite_users() == {4: 0, 8: 1}
+    result = acc.compute()
+    assert result[4]["recall@1"] == 1.0 and result[8]["recall@1"] == 0.5  # the NaN row is a miss
+
+
+def test_k_not_below_the_catalog_is_rejected():
+    with pytest.raises(ValueError, match="catalog size 20"):
+        validate_ks([5, 20], num_items=20)
+    assert validate_ks([5, 19], num_items=20) == (5, 19)

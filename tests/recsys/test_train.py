@@ -61,7 +61,7 @@ def test_run_writes_metrics_plot_checkpoints_and_tensorboard(processed_dataset, 
 
 
 def test_early_stopping_stops_when_the_metric_stalls(processed_dataset, tmp_path):
-    cfg = tiny_cfg(processed_dataset, "trainer.max_epochs=10", "trainer.patience=2", "trainer.optimizer.lr=0.0")
+    cfg = tiny_cfg(processed_dataset, "trainer.max_epochs=10", "trainer.patience=2", "trainer.optimizer.lr=1e-12")
     out = run(cfg, tmp_path / "run")
     assert out["reason"] == "early_stopping"
     assert out["trainer"].epoch == 3  # first validation sets the best, two more without improvement
