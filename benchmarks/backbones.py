@@ -35,7 +35,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from recsys.train import CONFIG_DIR, Trainer
+    from recsys.training.trainer import CONFIG_DIR, Trainer
 
     torch.set_num_threads(1)
     ladder = [int(s) for s in args.ladder]

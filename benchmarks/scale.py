@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from recsys.distributed import init_distributed, local_shard, shard_model
+from recsys.losses.sampled import full_softmax_sum, item_popularity, sample_negatives, sampled_softmax_sum
 from recsys.model import MatryoshkaRecModel, ModelConfig
-from recsys.sampled_softmax import full_softmax_sum, item_popularity, sample_negatives, sampled_softmax_sum
+from recsys.training.distributed import init_distributed, local_shard, shard_model
 
 
 def rss_mib() -> float:

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     export_dir = args.export_dir or args.run_dir / "export"
     if not (export_dir / "index.json").is_file():
-        from recsys.export import export_run
+        from recsys.export.exporter import export_run
 
         print(f"exporting {args.run_dir} -> {export_dir}")
         export_run(args.run_dir, out=export_dir)

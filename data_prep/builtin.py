@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.errors import DataError
-from data_prep.manifest import sha256_file
+from data_prep.io import sha256_file
 from data_prep.readers import RawData, read_movielens_atomic
 
 

@@ -25,8 +25,8 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from data_prep import layout
-from data_prep.atomic import atomic_path, write_json_atomic
 from data_prep.encoders import encoder_identity, get_image_encoder, get_text_encoder
+from data_prep.io import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 from data_prep import layout
-from data_prep.atomic import write_json_atomic
+from data_prep.io import write_json_atomic
 
 PRESERVED_KEYS = ("features",)  # written by other modules (data_prep.features); never overwritten here
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(dataset_dir: str | Path) -> dict[str, Any]:

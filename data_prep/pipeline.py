@@ -32,7 +32,8 @@ import polars as pl
 
 from data_prep import layout
 from data_prep.errors import DataError
-from data_prep.manifest import sha256_file, write_manifest
+from data_prep.io import sha256_file
+from data_prep.manifest import write_manifest
 from data_prep.readers import RawData
 
 Step = dict[str, Any]

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+# The Hydra configs ship inside the package (recsys/configs links to the repository's configs/),
+# so an installed recsys-train finds them from any directory.
+CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 BUILTIN_DATASETS = ("ml-100k", "ml-1m")
 KNOWN_DATASETS = (*BUILTIN_DATASETS, "amazon", "generic")
 KNOWN_LOSSES = ("full_softmax", "sampled_softmax")
@@ -38,7 +42,7 @@ class ModelSchema:
     use_id_table: bool = False
     trainable_features: bool = False
     projector_hidden: int = 0
-    independent: bool = False  # baseline: one separate model per ladder size (recsys/independent.py)
+    independent: bool = False  # baseline: one separate model per ladder size (recsys/training/independent.py)
 
 
 @dataclass
@@ -169,7 +173,7 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(
             f"backbone.sasrec_heads={cfg.backbone.sasrec_heads} must divide model.width={cfg.model.width}"
         )
-    from recsys.metrics import validate_ks
+    from recsys.evaluation.metrics import validate_ks
 
     try:
         validate_ks(cfg.eval.ks)
@@ -210,7 +214,7 @@ def validate(cfg: DictConfig) -> None:
 
 def validate_for_dataset(cfg: DictConfig, num_items: int) -> None:
     """Checks that need the catalog: every cut-off k of ``eval.ks`` must be below the catalog size."""
-    from recsys.metrics import validate_ks
+    from recsys.evaluation.metrics import validate_ks
 
     try:
         validate_ks(cfg.eval.ks, num_items)

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from recsys.losses import DEFAULT_BUDGET_BYTES, all_size_logits, matryoshka_cross_entropy
+from recsys.losses.matryoshka import DEFAULT_BUDGET_BYTES, all_size_logits, matryoshka_cross_entropy
 from recsys.nn import build_backbone
 from recsys.nn.item_tables import ItemTables
 from recsys.nn.nested import sliced_state_dict, truncate_ladder, validate_ladder

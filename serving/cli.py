@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.expect_digest is not None and args.no_verify:
         raise SystemExit("recsys-serve: --expect-digest needs the checksum verification that --no-verify skips")
 
+    from recsys.export.artifact import ArtifactError
     from serving.app import create_app
-    from serving.artifact import ArtifactError
     from serving.server import run_server
 
     try:

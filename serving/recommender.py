@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from serving.artifact import Artifact
+from recsys.export.artifact import Artifact
 
 DEFAULT_MAX_HISTORY = 1000  # ids per request; raised to max_len for models with longer inputs
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from serving.artifact import (
+from recsys.export.artifact import (
     INDEX_FILE,
     ArtifactError,
     load_artifact,

@@ -18,7 +18,7 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 
 from data_prep import layout
-from recsys.train import CONFIG_DIR, run
+from recsys.training.trainer import CONFIG_DIR, run
 
 
 def write_processed_dataset(
@@ -83,7 +83,7 @@ def tiny_cfg(dataset_dir: Path, *overrides: str):
 def trained_export(*overrides: str) -> tuple[Path, Path, dict]:
     """(run_dir, export_dir, index) of a 2-epoch tiny run exported at every size (4, 8, 16);
     ``overrides`` (e.g. "backbone=sasrec") are added to the run's config."""
-    from recsys.export import export_run
+    from recsys.export.exporter import export_run
 
     root = Path(tempfile.mkdtemp(prefix="recsys-serving-tests-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)

@@ -13,7 +13,8 @@ import pytest
 from data_prep import layout
 from data_prep.builtin import cache_dir, load_builtin
 from data_prep.cli import main, summarize
-from data_prep.manifest import read_manifest, sha256_file
+from data_prep.io import sha256_file
+from data_prep.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")

@@ -30,9 +30,9 @@ import torch.multiprocessing as mp
 from support import tiny_cfg as support_tiny_cfg
 from support import write_processed_dataset
 
-from recsys.checkpoint import load_checkpoint
-from recsys.sampled_softmax import log_expected_count, sampled_matryoshka_ce_sum
-from recsys.train import Trainer, run
+from recsys.losses.sampled import log_expected_count, sampled_matryoshka_ce_sum
+from recsys.training.checkpoint import load_checkpoint
+from recsys.training.trainer import Trainer, run
 
 pytestmark = pytest.mark.distributed
 
@@ -63,8 +63,8 @@ def _recording_run(cfg, run_dir: Path) -> dict[str, Any]:
     """``run(cfg, run_dir)`` recording every step's loss, the weights before the first step
     (after a resume: the resumed ones) and right after ``fit`` (before ``test_best`` loads best.pt),
     in the plain single-process format."""
-    import recsys.train as train_mod
-    from recsys.distributed import full_state_dict
+    import recsys.training.trainer as train_mod
+    from recsys.training.distributed import full_state_dict
 
     losses: list[float] = []
     initial: dict[str, torch.Tensor] = {}
@@ -251,7 +251,7 @@ def test_sampled_softmax_trains(dataset, tmp_path):
     cfg = tiny_cfg(dataset, "loss=sampled_softmax", "loss.num_negatives=16", "trainer.max_epochs=4")
     trainer = Trainer(cfg, tmp_path / "run")
     x, y = next(trainer.dataset.train_batches(64, epoch=0, seed=0))
-    from recsys.sampled_softmax import full_softmax_sum
+    from recsys.losses.sampled import full_softmax_sum
 
     def full_loss():
         with torch.no_grad():

@@ -10,7 +10,7 @@ from omegaconf.errors import ConfigKeyError
 
 from recsys.builders import model_config
 from recsys.config import validate
-from recsys.train import CONFIG_DIR
+from recsys.training.trainer import CONFIG_DIR
 
 GROUPS = ["data", "model", "backbone", "loss", "trainer", "eval", "experiment"]
 

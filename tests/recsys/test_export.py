@@ -18,10 +18,10 @@ from safetensors.torch import load_file
 from support import trained_export
 
 from recsys.builders import build_dataset, build_model
-from recsys.checkpoint import load_checkpoint
-from recsys.export import ParityError, _topk_matches, export_run, main
+from recsys.export.artifact import ArtifactError, load_artifact, serving_model_config
+from recsys.export.exporter import ParityError, _topk_matches, export_run, main
 from recsys.nn import build_backbone
-from serving.artifact import ArtifactError, load_artifact, serving_model_config
+from recsys.training.checkpoint import load_checkpoint
 from serving.recommender import Recommender
 
 SIZES = (4, 8, 16)
@@ -213,7 +213,7 @@ def test_cli_rejects_sizes_outside_the_ladder(exported, tmp_path):
 
 
 def test_export_run_fails_loudly_when_parity_breaks(exported, tmp_path, monkeypatch):
-    import recsys.export as export
+    import recsys.export.exporter as export
 
     run_dir, _, _ = exported
 

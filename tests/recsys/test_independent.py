@@ -7,7 +7,7 @@ import sys
 import pytest
 from support import tiny_cfg
 
-from recsys.independent import run_independent, size_config
+from recsys.training.independent import run_independent, size_config
 
 
 def test_size_config_is_a_single_size_model(processed_dataset):
@@ -42,6 +42,6 @@ def test_tiny_independent_run_writes_per_size_runs_and_combined_metrics(processe
 def test_recsys_train_cli_dispatches_independent(processed_dataset, tmp_path):
     args = ["experiment=tiny", "data.name=generic", f"data.path={processed_dataset}", "model.independent=true",
             "trainer.max_epochs=1", "model.ladder=[4,8]", "model.width=8", f"run_dir={tmp_path / 'cli'}"]
-    subprocess.run([sys.executable, "-m", "recsys.train", *args], check=True, capture_output=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "recsys.training.trainer", *args], check=True, capture_output=True, timeout=300)
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert set(metrics["test"]) == {"4", "8"} and (tmp_path / "cli" / "d0004" / "metrics.json").is_file()

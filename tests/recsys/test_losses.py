@@ -2,7 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recsys.losses import all_size_logits, matryoshka_cross_entropy, positions_per_chunk, size_weights_tensor
+from recsys.losses.matryoshka import (
+    all_size_logits,
+    matryoshka_cross_entropy,
+    positions_per_chunk,
+    size_weights_tensor,
+)
 
 LADDER = (4, 12, 40)
 

@@ -141,7 +141,7 @@ def test_one_rung_ladder_is_standard_mamba_as_in_mambapy():
 def test_mamba_trains_through_recsys_train(processed_dataset, tmp_path):
     from support import tiny_cfg
 
-    from recsys.train import run
+    from recsys.training.trainer import run
 
     out = run(tiny_cfg(processed_dataset, "backbone=mamba", "backbone.num_blocks=1", "trainer.max_epochs=2"), tmp_path / "r")
     assert set(out["results"]["test"]) == {4, 8, 16}

@@ -5,7 +5,13 @@ import math
 import pytest
 import torch
 
-from recsys.metrics import MetricAccumulator, mask_history, metrics_from_ranks, target_ranks, validate_ks
+from recsys.evaluation.metrics import (
+    MetricAccumulator,
+    mask_history,
+    metrics_from_ranks,
+    target_ranks,
+    validate_ks,
+)
 
 NEG = float("-inf")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from recsys import sampled_softmax as ss
-from recsys.losses import size_weights_tensor
+from recsys.losses.matryoshka import size_weights_tensor
 
 N, D, LADDER = 30, 8, (4, 8)
 

@@ -8,8 +8,8 @@ from support import tiny_cfg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from recsys.data import SequenceDataset
-from recsys.evaluate import evaluate_split
-from recsys.train import Trainer, run
+from recsys.evaluation.evaluate import evaluate_split
+from recsys.training.trainer import Trainer, run
 
 
 @pytest.mark.parametrize(

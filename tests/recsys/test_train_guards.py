@@ -8,13 +8,13 @@ import pytest
 import torch
 from support import tiny_cfg
 
-from recsys.checkpoint import CheckpointError, load_checkpoint
 from recsys.data import EvalSplit
-from recsys.evaluate import evaluate_split
-from recsys.losses import all_size_logits
-from recsys.metrics import MetricAccumulator, target_ranks
+from recsys.evaluation.evaluate import evaluate_split
+from recsys.evaluation.metrics import MetricAccumulator, target_ranks
+from recsys.losses.matryoshka import all_size_logits
 from recsys.model import MatryoshkaRecModel, ModelConfig
-from recsys.train import Trainer, run
+from recsys.training.checkpoint import CheckpointError, load_checkpoint
+from recsys.training.trainer import Trainer, run
 
 
 def _nan_after(loss_fn, good_steps: int):

@@ -53,6 +53,7 @@ def live_server(app, limits) -> Iterator[int]:
     """Run ``app`` under uvicorn with ``limits`` (serving.server.ServerLimits) on a free localhost
     port in a thread; yields the port."""
     import uvicorn
+
     from serving.server import uvicorn_config
 
     port = free_port()

@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from serving_helpers import live_server
 from support import trained_export
 
+from recsys.export.artifact import load_artifact
 from serving import cli
 from serving.app import create_app
-from serving.artifact import load_artifact
 from serving.recommender import Recommender, RequestError
 
 FAST_S = 1.0  # every rejection below must come back within this

@@ -6,7 +6,7 @@ import pytest
 import torch
 from support import trained_export
 
-from serving.artifact import ArtifactError, load_artifact
+from recsys.export.artifact import ArtifactError, load_artifact
 from serving.funnel import FunnelRecommender, funnel_recall
 from serving.recommender import Recommender, RequestError
 from serving.tiers import TierSet, load_tiers_file

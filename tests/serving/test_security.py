@@ -15,8 +15,8 @@ import torch
 import uvicorn
 from serving_helpers import reference_digest, sha256
 
+from recsys.export.artifact import ArtifactError, load_artifact
 from serving import artifact, cli
-from serving.artifact import ArtifactError, load_artifact
 from serving.recommender import Recommender
 from serving.tiers import TierSet, load_tiers_file
 

@@ -4,7 +4,7 @@
     recsys-export RUN_DIR/checkpoints/best.pt            # a checkpoint file: run dir = its parent's parent
 
 For every size d (default: the whole ladder) it writes ``OUT/d{d:04d}/`` (default OUT =
-RUN_DIR/export; layout in serving/artifact.py and docs/serving.md) and a top-level
+RUN_DIR/export; layout in recsys/export/artifact.py and docs/serving.md) and a top-level
 ``index.json`` listing every size with its test metrics, parameter count and bytes on disk.
 
 The width-d inference model is ``model.slice(d)``'s backbone plus the precomputed (N+1, d)
@@ -15,7 +15,7 @@ feature tables and projector are not needed at serving time. The serialized prog
 ``--trust-program``).
 
 After the sizes, ``OUT/checksums.json`` records the sha256 of index.json and of every size's
-checksums.json, and the export digest over that list is printed (``serving.artifact.export_digest``):
+checksums.json, and the export digest over that list is printed (``recsys.export.artifact.export_digest``):
 keep it outside the export and pass it to ``recsys-serve --expect-digest`` to detect any change.
 Every file is written with the mode a normal file gets (0666 & ~umask), safetensors included.
 
@@ -50,9 +50,7 @@ from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
 from recsys.builders import build_dataset, build_model
-from recsys.checkpoint import load_checkpoint
-from recsys.model import MatryoshkaRecModel
-from serving.artifact import (
+from recsys.export.artifact import (
     CONFIG_FILE,
     FORMAT,
     FORMAT_VERSION,
@@ -70,9 +68,11 @@ from serving.artifact import (
     write_checksums,
     write_export_checksums,
 )
+from recsys.model import MatryoshkaRecModel
+from recsys.training.checkpoint import load_checkpoint
 from serving.recommender import Recommender
 
-log = logging.getLogger("recsys.export")
+log = logging.getLogger("recsys.export.exporter")
 PARITY_KS = (10, 50)
 PARITY_RTOL = 1e-4
 

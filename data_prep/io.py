@@ -1,11 +1,14 @@
-"""Atomic file writes: write to a temp file in the target's directory, then ``os.replace`` it.
+"""File utilities shared by every layer (data_prep, recsys, serving): atomic writes and sha256.
 
-A crash mid-write never leaves a truncated manifest, feature table, checkpoint or metrics file:
-readers see either the old file or the new one. Used by data_prep and recsys alike.
+Atomic writes go to a temp file in the target's directory, then ``os.replace`` it: a crash
+mid-write never leaves a truncated manifest, feature table, checkpoint, export or metrics file;
+readers see either the old file or the new one. This module is part of data_prep's public API
+(``data_prep.io``), the bottom layer, so recsys and serving use it without importing upwards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -36,3 +39,12 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     """JSON (indented, non-JSON values as strings) written atomically to ``path``."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
-from recsys.reporting import SizeMetrics, metrics_vs_size_figure
+from recsys.evaluation.reporting import SizeMetrics, metrics_vs_size_figure
 
 
 def size_tag(prefix: str, name: str, size: int) -> str:

@@ -27,10 +27,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from data_prep.atomic import write_json_atomic
+from data_prep.io import write_json_atomic
 from recsys.builders import build_dataset, build_model
-from recsys.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
 from recsys.config import (
+    CONFIG_DIR,
     check_resume_changes,
     effective_ladder,
     register_schemas,
@@ -38,7 +38,22 @@ from recsys.config import (
     validate_for_dataset,
 )
 from recsys.data import SequenceDataset
-from recsys.distributed import (
+from recsys.evaluation.evaluate import evaluate_split
+from recsys.evaluation.reporting import (
+    SizeMetrics,
+    format_table,
+    jsonable_metrics,
+    save_metrics_plot,
+)
+from recsys.losses.sampled import (
+    full_softmax_sum,
+    item_popularity,
+    sample_negatives,
+    sampled_softmax_sum,
+)
+from recsys.model import MatryoshkaRecModel
+from recsys.training.checkpoint import atomic_torch_save, load_checkpoint, rng_state, set_rng_state
+from recsys.training.distributed import (
     all_reduce_accumulator,
     all_reduce_sum,
     barrier,
@@ -51,24 +66,9 @@ from recsys.distributed import (
     rank_range,
     shard_model,
 )
-from recsys.evaluate import evaluate_split
-from recsys.model import MatryoshkaRecModel
-from recsys.reporting import (
-    SizeMetrics,
-    format_table,
-    jsonable_metrics,
-    save_metrics_plot,
-)
-from recsys.sampled_softmax import (
-    full_softmax_sum,
-    item_popularity,
-    sample_negatives,
-    sampled_softmax_sum,
-)
-from recsys.tensorboard import TensorBoardLogger
+from recsys.training.tensorboard import TensorBoardLogger
 
-log = logging.getLogger("recsys.train")
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+log = logging.getLogger("recsys.training.trainer")
 
 
 def _first_not_none(*values: Any) -> Any:
@@ -514,8 +514,8 @@ def run(
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    if cfg.model.get("independent", False):  # baseline: one model per size (recsys/independent.py)
-        from recsys.independent import run_independent
+    if cfg.model.get("independent", False):  # baseline: one model per size (recsys/training/independent.py)
+        from recsys.training.independent import run_independent
 
         validate(cfg)
         res = run_independent(cfg, run_dir)["validation"]

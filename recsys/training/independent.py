@@ -17,10 +17,10 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from data_prep.atomic import write_json_atomic
+from data_prep.io import write_json_atomic
 from recsys.config import effective_ladder
 from recsys.data import SequenceDataset
-from recsys.reporting import format_table, jsonable_metrics, save_metrics_plot
+from recsys.evaluation.reporting import format_table, jsonable_metrics, save_metrics_plot
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def size_config(cfg: DictConfig, d: int) -> DictConfig:
 def run_independent(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> dict[str, Any]:
     """Train one model per size into ``run_dir/dNNNN/``; write and return the combined metrics."""
     from recsys.builders import build_dataset
-    from recsys.train import run
+    from recsys.training.trainer import run
 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

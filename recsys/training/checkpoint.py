@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from data_prep.atomic import atomic_path
+from data_prep.io import atomic_path
 
 
 def atomic_torch_save(obj: dict[str, Any], path: str | Path) -> None:

@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from data_prep.io import sha256_file
+
 FORMAT = "recsys-serving-artifact"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
@@ -68,14 +70,6 @@ class UntrustedProgramError(ArtifactError):
 
 def size_dir_name(d: int) -> str:
     return f"d{d:04d}"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def safe_path(folder: Path, name: Any, source: Path, what: str) -> Path:

@@ -13,13 +13,13 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from data_prep.atomic import write_json_atomic
+from data_prep.io import write_json_atomic
 from recsys.data import EvalSplit
-from recsys.metrics import MetricAccumulator, mask_history, validate_ks
+from recsys.evaluation.metrics import MetricAccumulator, mask_history, validate_ks
+from recsys.evaluation.reporting import SizeMetrics, format_table, jsonable_metrics
 from recsys.model import MatryoshkaRecModel
-from recsys.reporting import SizeMetrics, format_table, jsonable_metrics
 
-log = logging.getLogger("recsys.evaluate")
+log = logging.getLogger("recsys.evaluation.evaluate")
 
 @torch.no_grad()
 def evaluate_split(
@@ -64,7 +64,7 @@ def evaluate_split(
 
 def main(argv: list[str] | None = None) -> None:
     from recsys.builders import build_dataset, build_model
-    from recsys.checkpoint import load_checkpoint
+    from recsys.training.checkpoint import load_checkpoint
 
     args = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
     if "run_dir" not in args:

@@ -5,14 +5,14 @@ the target positions of the (local) batch, the per-size sums (detached) and the 
 positions. The trainer divides by the GLOBAL count of target positions of the global batch, so
 that the union of the ranks' shards gives the single-process loss and gradients exactly.
 
-* ``full_softmax``: the fused full-catalog Matryoshka cross-entropy of ``recsys.losses``; every
+* ``full_softmax``: the fused full-catalog Matryoshka cross-entropy of ``recsys.losses.matryoshka``; every
   catalog item is looked up through ``model.tables`` (sharded tables: the KJT all-to-all gathers
   the rows) and projected.
 * ``sampled_softmax``: candidates = the UNIQUE items among the batch's positive items and
   ``num_negatives`` negatives drawn from a sampling distribution q (uniform or training
   popularity), shared by every position. Only the items of the batch (inputs, targets,
   negatives) are looked up through the tables. Logits at every size are built fused (per-chunk
-  partial scores + cumsum, :func:`recsys.losses.all_size_logits`) and logQ-corrected.
+  partial scores + cumsum, :func:`recsys.losses.matryoshka.all_size_logits`) and logQ-corrected.
 
   Correction (see :func:`log_inclusion_probability`). Model of the candidate process: the P
   target positions of the batch draw their targets i.i.d. from the popularity ``pop`` and the K
@@ -43,7 +43,7 @@ from collections.abc import Sequence
 
 import torch
 
-from recsys.losses import all_size_logits, matryoshka_cross_entropy, size_weights_tensor
+from recsys.losses.matryoshka import all_size_logits, matryoshka_cross_entropy, size_weights_tensor
 
 KNOWN_SAMPLERS = ("uniform", "popularity")
 

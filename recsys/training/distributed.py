@@ -1,6 +1,6 @@
 """Multi-process training: torchrun env detection, sharded item tables (torchrec DMP), dense DDP.
 
-Layout of one distributed job (``torchrun --nproc_per_node=N -m recsys.train ...``):
+Layout of one distributed job (``torchrun --nproc_per_node=N -m recsys.training.trainer ...``):
 
 * process group: NCCL on CUDA (one GPU per ``LOCAL_RANK``), gloo on CPU;
 * ``model.tables`` (the frozen modality EmbeddingBagCollection and the optional trainable nested
@@ -47,7 +47,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-log = logging.getLogger("recsys.distributed")
+log = logging.getLogger("recsys.training.distributed")
 
 SHARDING_TYPES = ("auto", "table_wise", "row_wise", "column_wise", "data_parallel")
 
@@ -366,7 +366,7 @@ def all_reduce_accumulator(acc, env: DistEnv):
     ranks (in place; returns it)."""
     if not env.enabled:
         return acc
-    from recsys.metrics import metrics_from_ranks
+    from recsys.evaluation.metrics import metrics_from_ranks
 
     names = sorted(metrics_from_ranks(torch.zeros(1), acc.ks))
     nonfinite = torch.tensor([float(n) for n in acc.nonfinite_users().values()], dtype=torch.float64)
