@@ -37,14 +37,17 @@ $(VENV)/.installed: pyproject.toml .ci/overrides-cpu.txt Makefile
 demo: env
 	$(BIN)/python -m recsys.demo
 
-test: env
+LINT_PATHS := recsys data_prep serving tests benchmarks
+
+test: env lint
 	$(BIN)/python -m pytest -q -m "not gpu" tests
 
 test-fast: env
 	$(BIN)/python -m pytest -q -m "not gpu and not slow and not distributed" tests
 
 lint: env
-	$(BIN)/ruff check recsys data_prep serving tests benchmarks
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
 
 bench: env
 	$(BIN)/python -m benchmarks.nested_layers

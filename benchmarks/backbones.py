@@ -35,7 +35,8 @@ def child(args: argparse.Namespace) -> None:
     import torch
     from hydra import compose, initialize_config_dir
 
-    from recsys.training.trainer import CONFIG_DIR, Trainer
+    from recsys.config import CONFIG_DIR
+    from recsys.training.trainer import Trainer
 
     torch.set_num_threads(1)
     ladder = [int(s) for s in args.ladder]
@@ -81,13 +82,31 @@ def child(args: argparse.Namespace) -> None:
 
 def run_child(variant: str, ladder: list[int], args: argparse.Namespace) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "benchmarks.backbones", "--child", "--variant", variant, "--data", args.data,
-           "--epochs", str(args.epochs), "--steps", str(args.steps), "--batch", str(args.batch), "--ladder", *map(str, ladder)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.backbones",
+        "--child",
+        "--variant",
+        variant,
+        "--data",
+        args.data,
+        "--epochs",
+        str(args.epochs),
+        "--steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--ladder",
+        *map(str, ladder),
+    ]
+    proc = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1]
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
         raise RuntimeError(f"{variant} {ladder} failed:\n{proc.stderr[-3000:]}")
-    res = json.loads(lines[-1][len("RESULT "):])
+    res = json.loads(lines[-1][len("RESULT ") :])
     print(f"{variant} {ladder}: {res['s_per_step']:.2f} s/step, {res['peak_rss_mib']:.0f} MiB", flush=True)
     return res
 
@@ -107,8 +126,11 @@ def table(rows: list[dict], ladder: list[int], args: argparse.Namespace) -> str:
         "",
         f"Training: {rows[0]['steps'] if rows else '?'} steps of batch {args.batch} "
         f"(epoch = {rows[0]['windows_per_epoch'] if rows else '?'} training windows)"
-        + (" - **a fraction of one epoch** (`--steps`); s / epoch is extrapolated from s / step."
-           if args.steps else "."),
+        + (
+            " - **a fraction of one epoch** (`--steps`); s / epoch is extrapolated from s / step."
+            if args.steps
+            else "."
+        ),
         "",
         "| variant | size d | NDCG@10 | Recall@10 | s / step | s / epoch | peak RSS (MiB) |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -141,19 +163,28 @@ def main() -> None:
     for variant in args.variants:
         if variant == "LRU-independent":
             parts = [run_child(variant, [d], args) for d in args.ladder]
-            merged = {"variant": variant, "sizes": args.ladder,
-                      "test": {str(d): p["test"][str(d)] for d, p in zip(args.ladder, parts)},
-                      "s_per_epoch": {str(d): p["s_per_epoch"] for d, p in zip(args.ladder, parts)},
-                      "s_per_step": {str(d): p["s_per_step"] for d, p in zip(args.ladder, parts)},
-                      "steps": parts[0]["steps"], "windows_per_epoch": parts[0]["windows_per_epoch"],
-                      "peak_rss_mib": {str(d): p["peak_rss_mib"] for d, p in zip(args.ladder, parts)}}
+            merged = {
+                "variant": variant,
+                "sizes": args.ladder,
+                "test": {str(d): p["test"][str(d)] for d, p in zip(args.ladder, parts)},
+                "s_per_epoch": {str(d): p["s_per_epoch"] for d, p in zip(args.ladder, parts)},
+                "s_per_step": {str(d): p["s_per_step"] for d, p in zip(args.ladder, parts)},
+                "steps": parts[0]["steps"],
+                "windows_per_epoch": parts[0]["windows_per_epoch"],
+                "peak_rss_mib": {str(d): p["peak_rss_mib"] for d, p in zip(args.ladder, parts)},
+            }
         else:
             r = run_child(variant, args.ladder, args)
-            merged = {"variant": variant, "sizes": args.ladder, "test": r["test"],
-                      "s_per_epoch": {str(d): r["s_per_epoch"] for d in args.ladder},
-                      "s_per_step": {str(d): r["s_per_step"] for d in args.ladder},
-                      "steps": r["steps"], "windows_per_epoch": r["windows_per_epoch"],
-                      "peak_rss_mib": {str(d): r["peak_rss_mib"] for d in args.ladder}}
+            merged = {
+                "variant": variant,
+                "sizes": args.ladder,
+                "test": r["test"],
+                "s_per_epoch": {str(d): r["s_per_epoch"] for d in args.ladder},
+                "s_per_step": {str(d): r["s_per_step"] for d in args.ladder},
+                "steps": r["steps"],
+                "windows_per_epoch": r["windows_per_epoch"],
+                "peak_rss_mib": {str(d): r["peak_rss_mib"] for d in args.ladder},
+            }
         rows.append(merged)
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "backbones.json").write_text(json.dumps(rows, indent=2))

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys.model import MatryoshkaRecModel, ModelConfig
+from recsys.nn import LRUConfig
 from recsys.nn.nested import NestedLinear, chunk_bounds
 
 FULL = {"ladder": (8, 16, 32, 64, 128, 256, 512, 1024), "num_items": 20_000, "batch": 32, "length": 50}
@@ -69,7 +70,7 @@ def loop_loss(model: MatryoshkaRecModel, seq: torch.Tensor, targets: torch.Tenso
 
 def build(shapes: dict, device: torch.device, variant: str):
     torch.manual_seed(0)
-    config = ModelConfig(ladder=shapes["ladder"], dropout=0.0)
+    config = ModelConfig(ladder=shapes["ladder"], backbone=LRUConfig(dropout=0.0))
     model = MatryoshkaRecModel(config, shapes["num_items"], {"text": FEATURE_DIM})
     model.load_item_features({"text": torch.randn(shapes["num_items"] + 1, FEATURE_DIM)})
     model = model.to(device).train()

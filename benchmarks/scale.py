@@ -18,8 +18,10 @@ from pathlib import Path
 
 import torch
 
-from recsys.losses.sampled import full_softmax_sum, item_popularity, sample_negatives, sampled_softmax_sum
+from recsys.losses.matryoshka import FullSoftmaxLoss
+from recsys.losses.sampled import SampledSoftmaxLoss
 from recsys.model import MatryoshkaRecModel, ModelConfig
+from recsys.nn.lru import LRUConfig
 from recsys.training.distributed import init_distributed, local_shard, shard_model
 
 
@@ -41,28 +43,35 @@ def main() -> None:
     args = ap.parse_args()
     env = init_distributed("cpu")
     torch.manual_seed(0)
-    cfg = ModelConfig(ladder=tuple(args.ladder), max_len=args.max_len, num_blocks=1, dropout=0.0)
+    cfg = ModelConfig(
+        ladder=tuple(args.ladder), max_len=args.max_len, backbone=LRUConfig(num_blocks=1, dropout=0.0)
+    )
     model = MatryoshkaRecModel(cfg, args.items, {"text": args.feature_dim})
     with torch.no_grad():
         model.tables.feature_table("text").normal_()
     rss_model = rss_mib()
-    pop = item_popularity(torch.randint(1, args.items + 1, (10_000,)), args.items)
+    objectives = {
+        "full_softmax": FullSoftmaxLoss(),
+        "sampled_softmax": SampledSoftmaxLoss(num_negatives=args.num_negatives),
+    }
+    objectives["sampled_softmax"].prepare(torch.randint(1, args.items + 1, (10_000,)), args.items)
     for loss in args.losses:
-        def loss_fn(m, seq, tgt, loss=loss):
-            if loss == "full_softmax":
-                return full_softmax_sum(m, seq, tgt, None)
-            negs = sample_negatives(args.num_negatives, args.items, torch.Generator().manual_seed(0))
-            return sampled_softmax_sum(m, seq, tgt, None, negs, pop)
+        loss_fn = objectives[loss]
 
         def forward(s, t, f=loss_fn):
-            return f(model, s, t)
+            return f(model, s, t, 0)  # the same negatives every step (step seed 0)
 
         if env.enabled and not hasattr(model, "_sharded"):
             model._sharded = shard_model(model, loss_fn, env, args.sharding).dmp
         if env.enabled:
-            forward = model._sharded
             model._sharded._dmp_wrapped_module.module.loss_fn = loss_fn
-        opt = torch.optim.AdamW([p for n, p in model.named_parameters() if not n.startswith("tables")], lr=1e-3)
+
+            def forward(s, t):
+                return model._sharded(s, t, 0)
+
+        opt = torch.optim.AdamW(
+            [p for n, p in model.named_parameters() if not n.startswith("tables")], lr=1e-3
+        )
         gen = torch.Generator().manual_seed(1)
         times = []
         for _ in range(args.steps + 1):
@@ -76,11 +85,19 @@ def main() -> None:
             times.append(time.perf_counter() - t0)
         step = sum(times[1:]) / args.steps
         row = {
-            "world_size": env.world_size, "rank": env.rank, "loss": loss, "items": args.items,
-            "feature_dim": args.feature_dim, "ladder": args.ladder, "global_batch": args.batch,
-            "max_len": args.max_len, "num_negatives": args.num_negatives if loss == "sampled_softmax" else None,
-            "sharding": args.sharding if env.enabled else None, "sec_per_step": round(step, 3),
-            "sequences_per_s": round(args.batch / step, 1), "peak_rss_mib_after_model": round(rss_model),
+            "world_size": env.world_size,
+            "rank": env.rank,
+            "loss": loss,
+            "items": args.items,
+            "feature_dim": args.feature_dim,
+            "ladder": args.ladder,
+            "global_batch": args.batch,
+            "max_len": args.max_len,
+            "num_negatives": args.num_negatives if loss == "sampled_softmax" else None,
+            "sharding": args.sharding if env.enabled else None,
+            "sec_per_step": round(step, 3),
+            "sequences_per_s": round(args.batch / step, 1),
+            "peak_rss_mib_after_model": round(rss_model),
             "peak_rss_mib": round(rss_mib()),
         }
         print(json.dumps(row), flush=True)

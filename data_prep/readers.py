@@ -113,7 +113,14 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def _fail_or_skip(
-    msg: str, *, file: Path, line: int, reason: str, lenient: bool, skipped: Skipped, column: str | None = None
+    msg: str,
+    *,
+    file: Path,
+    line: int,
+    reason: str,
+    lenient: bool,
+    skipped: Skipped,
+    column: str | None = None,
 ) -> None:
     if not lenient:
         raise DataError(msg, file=file, line=line, column=column)
@@ -216,7 +223,8 @@ def _finish_interactions(
 ) -> pl.DataFrame:
     """Type the common interaction columns and check ids are non-empty."""
     df = df.with_columns(
-        pl.col("user_id").cast(pl.String).str.strip_chars(), pl.col("item_id").cast(pl.String).str.strip_chars()
+        pl.col("user_id").cast(pl.String).str.strip_chars(),
+        pl.col("item_id").cast(pl.String).str.strip_chars(),
     )
     kw = dict(file=file, lenient=lenient, skipped=skipped, line_word=line_word)
     for col in ("user_id", "item_id"):
@@ -391,7 +399,9 @@ def read_movielens_atomic(
 # ----------------------------------------------------------------------------- (b, c) Amazon
 
 
-def _iter_records(path: Path, *, literal_ok: bool, lenient: bool, skipped: Skipped) -> Iterator[tuple[int, dict]]:
+def _iter_records(
+    path: Path, *, literal_ok: bool, lenient: bool, skipped: Skipped
+) -> Iterator[tuple[int, dict]]:
     """Yield ``(line, record)`` of a JSON-lines file; python-dict literals accepted if ``literal_ok``."""
     for no, raw in enumerate(_read_lines(path), start=1):
         if not raw.strip():
@@ -413,20 +423,32 @@ def _iter_records(path: Path, *, literal_ok: bool, lenient: bool, skipped: Skipp
             if rec is None and not nested:
                 _fail_or_skip(
                     f"bad JSON{' / python literal' if literal_ok else ''}: {msg}",
-                    file=path, line=no, reason="bad JSON", lenient=lenient, skipped=skipped,
-                )  # fmt: skip
+                    file=path,
+                    line=no,
+                    reason="bad JSON",
+                    lenient=lenient,
+                    skipped=skipped,
+                )
                 continue
         if nested:
             _fail_or_skip(
                 "too deeply nested (beyond Python's recursion limit)",
-                file=path, line=no, reason="too deeply nested", lenient=lenient, skipped=skipped,
-            )  # fmt: skip
+                file=path,
+                line=no,
+                reason="too deeply nested",
+                lenient=lenient,
+                skipped=skipped,
+            )
             continue
         if not isinstance(rec, dict):
             _fail_or_skip(
                 f"expected a JSON object, found {type(rec).__name__}",
-                file=path, line=no, reason="not an object", lenient=lenient, skipped=skipped,
-            )  # fmt: skip
+                file=path,
+                line=no,
+                reason="not an object",
+                lenient=lenient,
+                skipped=skipped,
+            )
             continue
         yield no, rec
 
@@ -460,8 +482,15 @@ def _fields_or_skip(
     try:
         return [_field_text(rec, k) for k in keys]
     except _BadField as e:
-        _fail_or_skip(str(e), file=file, line=line, column=e.key, reason=f"bad {e.key}", lenient=lenient,
-                      skipped=skipped)  # fmt: skip
+        _fail_or_skip(
+            str(e),
+            file=file,
+            line=line,
+            column=e.key,
+            reason=f"bad {e.key}",
+            lenient=lenient,
+            skipped=skipped,
+        )
         return None
 
 
@@ -476,12 +505,17 @@ def _read_amazon_reviews(path: Path, *, lenient: bool, skipped: Skipped) -> pl.D
         if missing:
             _fail_or_skip(
                 f"missing required field {missing[0]!r}; found fields: {', '.join(map(str, rec))}",
-                file=path, line=no, column=missing[0], reason=f"missing {missing[0]}",
-                lenient=lenient, skipped=skipped,
-            )  # fmt: skip
+                file=path,
+                line=no,
+                column=missing[0],
+                reason=f"missing {missing[0]}",
+                lenient=lenient,
+                skipped=skipped,
+            )
             continue
-        ids = _fields_or_skip(rec, ("reviewerID", "asin"), file=path, line=no, lenient=lenient,
-                              skipped=skipped)  # fmt: skip
+        ids = _fields_or_skip(
+            rec, ("reviewerID", "asin"), file=path, line=no, lenient=lenient, skipped=skipped
+        )
         if ids is None:
             continue
         users.append(ids[0])
@@ -535,11 +569,17 @@ def _read_amazon_meta(path: Path, fmt: str, *, lenient: bool, skipped: Skipped) 
         if "asin" not in rec:
             _fail_or_skip(
                 f"missing required field 'asin'; found fields: {', '.join(map(str, rec))}",
-                file=path, line=no, column="asin", reason="missing asin", lenient=lenient, skipped=skipped,
-            )  # fmt: skip
+                file=path,
+                line=no,
+                column="asin",
+                reason="missing asin",
+                lenient=lenient,
+                skipped=skipped,
+            )
             continue
-        texts = _fields_or_skip(rec, ("asin", "title", "brand"), file=path, line=no, lenient=lenient,
-                                skipped=skipped)  # fmt: skip
+        texts = _fields_or_skip(
+            rec, ("asin", "title", "brand"), file=path, line=no, lenient=lenient, skipped=skipped
+        )
         if texts is None:
             continue
         if fmt == "2014":
@@ -631,8 +671,12 @@ def _read_csv_strings(path: Path, *, lenient: bool, skipped: Skipped) -> pl.Data
             if len(row) != len(header):
                 _fail_or_skip(
                     f"expected {len(header)} comma-separated fields ({', '.join(header)}), found {len(row)}",
-                    file=path, line=no, reason="wrong field count", lenient=lenient, skipped=skipped,
-                )  # fmt: skip
+                    file=path,
+                    line=no,
+                    reason="wrong field count",
+                    lenient=lenient,
+                    skipped=skipped,
+                )
                 continue
             rows.append(row)
             lines_no.append(no)
@@ -686,7 +730,11 @@ def read_generic(
     found = [c for c in df.columns if c != "line"]
     required = [user_col, item_col, time_col] + ([rating_col] if rating_col else [])
     _require_columns(found, required, inter_p)
-    sel = [pl.col(user_col).alias("user_id"), pl.col(item_col).alias("item_id"), pl.col(time_col).alias("timestamp")]
+    sel = [
+        pl.col(user_col).alias("user_id"),
+        pl.col(item_col).alias("item_id"),
+        pl.col(time_col).alias("timestamp"),
+    ]
     if rating_col:
         sel.append(pl.col(rating_col).alias("rating"))
     df = df.select(*sel, "line")
@@ -695,13 +743,19 @@ def read_generic(
     it, _ = _read_table(items_p, lenient=lenient, skipped=skipped)
     it = it.drop("line")
     id_col = items_id_col or item_col
-    _require_columns(it.columns, [id_col] + ([image_col] if image_col else []) + list(text_cols or []), items_p)
+    _require_columns(
+        it.columns, [id_col] + ([image_col] if image_col else []) + list(text_cols or []), items_p
+    )
     if text_cols is None:
         text_cols = [c for c in it.columns if c not in (id_col, image_col)]
     out = it.select(
         pl.col(id_col).cast(pl.String).alias("item_id"),
         *[
-            (pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(", ") if it[c].dtype == pl.List else pl.col(c))
+            (
+                pl.col(c).list.eval(pl.element().cast(pl.String)).list.join(", ")
+                if it[c].dtype == pl.List
+                else pl.col(c)
+            )
             .cast(pl.String)
             .alias(c)
             for c in text_cols

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from recsys.config import BUILTIN_DATASETS, effective_ladder
 from recsys.data import SequenceDataset
 from recsys.model import MatryoshkaRecModel, ModelConfig
+from recsys.nn import BackboneConfig, registered_backbones
 
 log = logging.getLogger(__name__)
 
@@ -25,33 +27,41 @@ def prepare_dataset_if_missing(cfg: DictConfig) -> Path:
             f"data.path={path} holds no processed dataset. Prepare it first, e.g. "
             f"`recsys-prep {cfg.data.name} --out {path}` (see README, 'Data formats')"
         )
-    from data_prep.cli import main as prep_main
+    from data_prep import prepare_builtin
 
     log.info("Preparing %s into %s", cfg.data.name, path)
-    argv = [cfg.data.name, "--out", str(path), "--text-encoder", cfg.data.text_encoder]
-    if cfg.data.image_encoder:
-        argv += ["--image-encoder", cfg.data.image_encoder]
-    prep_main(argv)
-    return path
+    return prepare_builtin(cfg.data.name, path, cfg.data.text_encoder, cfg.data.image_encoder)
 
 
 def build_dataset(cfg: DictConfig) -> SequenceDataset:
+    """The processed dataset of the data group, windows of ``data.max_len``."""
     return SequenceDataset(prepare_dataset_if_missing(cfg), max_len=cfg.data.max_len)
 
 
+def backbone_config(backbone: DictConfig, ladder: Sequence[int], max_len: int) -> BackboneConfig:
+    """The backbone group's config object (its ``_target_``, e.g. ``recsys.nn.lru.LRUConfig``) at the
+    model's ladder and max_len. ``_target_`` must be a registered backbone config: a run's
+    config.yaml is read back by recsys-export and recsys-eval, and must not name arbitrary code."""
+    target = backbone.get("_target_")
+    if target not in registered_backbones():
+        raise ValueError(
+            f"backbone._target_={target!r} is not a registered backbone config "
+            f"(recsys.nn.register_backbone); registered: {registered_backbones()}"
+        )
+    return instantiate(backbone, ladder=list(ladder), max_len=max_len, _convert_="all", _recursive_=False)
+
+
 def model_config(cfg: DictConfig) -> ModelConfig:
-    """ModelConfig from the model and backbone groups (backbone keys the model knows are passed on)."""
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    backbone = {k: v for k, v in cfg.backbone.items() if k != "name" and k in known}
+    """ModelConfig from the model, data and backbone groups."""
+    ladder, max_len = effective_ladder(cfg.model), int(cfg.data.max_len)
     return ModelConfig(
-        ladder=effective_ladder(cfg.model),
-        max_len=int(cfg.data.max_len),
-        backbone=cfg.backbone.name,
+        ladder=ladder,
+        max_len=max_len,
+        backbone=backbone_config(cfg.backbone, ladder, max_len),
         modalities=tuple(cfg.model.modalities),
         use_id_table=bool(cfg.model.use_id_table),
         trainable_features=bool(cfg.model.trainable_features),
         projector_hidden=int(cfg.model.projector_hidden),
-        **backbone,
     )
 
 
@@ -65,7 +75,9 @@ def build_model(cfg: DictConfig, dataset: SequenceDataset) -> MatryoshkaRecModel
         )
     features = dataset.load_features(modalities)
     model = MatryoshkaRecModel(
-        model_config(cfg), num_items=dataset.num_items, feature_dims={m: int(t.shape[1]) for m, t in features.items()}
+        model_config(cfg),
+        num_items=dataset.num_items,
+        feature_dims={m: int(t.shape[1]) for m, t in features.items()},
     )
     model.load_item_features(features)
     return model

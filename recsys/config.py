@@ -21,7 +21,6 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 BUILTIN_DATASETS = ("ml-100k", "ml-1m")
 KNOWN_DATASETS = (*BUILTIN_DATASETS, "amazon", "generic")
-KNOWN_LOSSES = ("full_softmax", "sampled_softmax")
 
 
 @dataclass
@@ -47,26 +46,75 @@ class ModelSchema:
 
 @dataclass
 class BackboneSchema:
-    name: str = "lru"
+    """Keys of every ``backbone`` option. ``_target_`` is the option's config dataclass in recsys/nn,
+    built by ``recsys.builders.backbone_config`` with the model's ladder and max_len; each option's
+    schema below mirrors that dataclass's other fields (tests/recsys/test_model.py checks it)."""
+
+    _target_: str = MISSING  # e.g. recsys.nn.lru.LRUConfig
     num_blocks: int = 2
     dropout: float = 0.1
+
+
+@dataclass
+class LRUSchema(BackboneSchema):
+    """``backbone=lru``: recsys.nn.lru.LRUConfig."""
+
+    _target_: str = "recsys.nn.lru.LRUConfig"
     ffn_multiplier: int = 4
-    lru_r_min: float = 0.0
-    lru_r_max: float = 0.1
-    mamba_d_state: int = 16  # backbone=mamba (recsys/nn/mamba.py)
-    mamba_d_conv: int = 4
-    mamba_expand: int = 2
-    mamba_dt_rank: int = 0  # 0 = auto: ceil(smallest size / 16)
-    mamba_ffn: bool = False
-    sasrec_heads: int = 1  # backbone=sasrec (recsys/nn/sasrec.py); must divide model.width
+    r_min: float = 0.0  # ring init radii of the eigenvalues
+    r_max: float = 0.1
+
+
+@dataclass
+class MambaSchema(BackboneSchema):
+    """``backbone=mamba``: recsys.nn.mamba.MambaConfig."""
+
+    _target_: str = "recsys.nn.mamba.MambaConfig"
+    ffn_multiplier: int = 4  # used only with ffn: true
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    dt_rank: int = 0  # 0 = auto: ceil(smallest size / 16)
+    ffn: bool = False
+
+
+@dataclass
+class SASRecSchema(BackboneSchema):
+    """``backbone=sasrec``: recsys.nn.sasrec.SASRecConfig."""
+
+    _target_: str = "recsys.nn.sasrec.SASRecConfig"
+    dropout: float = 0.2
+    ffn_multiplier: int = 4
+    heads: int = 1  # must divide model.width
+
+
+# Each backbone option names its schema first in its defaults list, so only its own keys exist.
+BACKBONE_SCHEMAS = {"lru_schema": LRUSchema, "mamba_schema": MambaSchema, "sasrec_schema": SASRecSchema}
 
 
 @dataclass
 class LossSchema:
-    name: str = "full_softmax"
+    """Keys of every ``loss`` option; the loss is built from ``_target_`` (see ``recsys/losses/__init__.py``)."""
+
+    _target_: str = MISSING  # e.g. recsys.losses.matryoshka.FullSoftmaxLoss
     size_weights: list[float] | None = None  # one weight per size of the ladder; None = equal
-    num_negatives: int = 256  # sampled_softmax: negatives drawn per step (shared by all positions)
-    sampler: str = "uniform"  # sampled_softmax: uniform | popularity (training-target frequency)
+
+
+@dataclass
+class FullSoftmaxSchema(LossSchema):
+    """``loss=full_softmax``: no keys of its own."""
+
+
+@dataclass
+class SampledSoftmaxSchema(LossSchema):
+    """``loss=sampled_softmax``."""
+
+    num_negatives: int = 256  # negatives drawn per step (shared by all positions)
+    sampler: str = "uniform"  # uniform | popularity (training-target frequency)
+
+
+# Each loss option names its schema first in its defaults list, so only its own keys exist.
+LOSS_SCHEMAS = {"full_softmax_schema": FullSoftmaxSchema, "sampled_softmax_schema": SampledSoftmaxSchema}
 
 
 @dataclass
@@ -74,14 +122,12 @@ class TrainerSchema:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_epochs: int = 100
     batch_size: int = 128
-    optimizer: dict[str, Any] = field(
-        default_factory=lambda: {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.01}
-    )
+    optimizer: dict[str, Any] = field(default_factory=dict)  # set by the optimizer group (configs/optimizer/)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables
     bf16: bool = False  # bf16 autocast, CUDA only
-    compile: bool = False  # torch.compile the model, CUDA only
+    compile: bool = False  # torch.compile the projector and backbone (in place), CUDA only
     val_every_n_steps: int = 0  # 0 = validate at the end of every epoch
     checkpoint_every_n_steps: int = 0  # 0 = only at validations
     patience: int = 5  # validations without improvement before early stopping; 0 disables
@@ -120,8 +166,19 @@ class RunSchema:
 
 
 def register_schemas() -> None:
-    """Register the schema under the name ``run_schema`` (used first in ``configs/config.yaml``)."""
-    ConfigStore.instance().store(name="run_schema", node=RunSchema)
+    """Register the schema as ``run_schema`` (first in ``configs/config.yaml``), the loss and backbone
+    options' schemas in their groups, and the ``recsys.first`` resolver of ``hydra.run.dir``."""
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunSchema)
+    for name, schema in LOSS_SCHEMAS.items():
+        store.store(group="loss", name=name, node=schema)
+    for name, schema in BACKBONE_SCHEMAS.items():
+        store.store(group="backbone", name=name, node=schema)
+    OmegaConf.register_new_resolver("recsys.first", _first_not_none, replace=True)
+
+
+def _first_not_none(*values: Any) -> Any:
+    return next((v for v in values if v is not None and v != "None"), None)
 
 
 def effective_ladder(model: ModelSchema | DictConfig) -> tuple[int, ...]:
@@ -143,15 +200,19 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.width not in ladder:
         raise ValueError(f"model.width={cfg.model.width} is not a size of model.ladder {ladder}")
     sizes = effective_ladder(cfg.model)
-    if cfg.loss.name not in KNOWN_LOSSES:
-        raise ValueError(f"loss.name: unknown loss '{cfg.loss.name}'; known: {', '.join(KNOWN_LOSSES)}")
+    for key in ("loss._target_", "trainer.optimizer._target_"):
+        _check_target(cfg, key)
     if cfg.loss.get("num_negatives", 1) <= 0:
         raise ValueError(f"loss.num_negatives must be positive, got {cfg.loss.num_negatives}")
-    if cfg.loss.get("sampler", "uniform") not in ("uniform", "popularity"):
-        raise ValueError(f"loss.sampler must be uniform or popularity, got '{cfg.loss.sampler}'")
-    if cfg.trainer.get("sharding", "auto") not in ("auto", "table_wise", "row_wise", "column_wise", "data_parallel"):
+    from recsys.evaluation.metrics import METRIC_NAMES, validate_ks
+    from recsys.losses.sampled import KNOWN_SAMPLERS
+    from recsys.training.distributed import SHARDING_TYPES
+
+    if cfg.loss.get("sampler", KNOWN_SAMPLERS[0]) not in KNOWN_SAMPLERS:
+        raise ValueError(f"loss.sampler must be one of {', '.join(KNOWN_SAMPLERS)}, got '{cfg.loss.sampler}'")
+    if cfg.trainer.sharding not in SHARDING_TYPES:
         raise ValueError(
-            f"trainer.sharding='{cfg.trainer.sharding}' must be auto, table_wise, row_wise, column_wise or data_parallel"
+            f"trainer.sharding='{cfg.trainer.sharding}' must be one of {', '.join(SHARDING_TYPES)}"
         )
     if cfg.loss.size_weights is not None:
         if len(cfg.loss.size_weights) != len(sizes):
@@ -159,42 +220,54 @@ def validate(cfg: DictConfig) -> None:
                 f"loss.size_weights has {len(cfg.loss.size_weights)} weights for {len(sizes)} sizes {list(sizes)}"
             )
         if any(w < 0 for w in cfg.loss.size_weights) or sum(cfg.loss.size_weights) <= 0:
-            raise ValueError(f"loss.size_weights must be non-negative with a positive sum, got {cfg.loss.size_weights}")
+            raise ValueError(
+                f"loss.size_weights must be non-negative with a positive sum, got {cfg.loss.size_weights}"
+            )
+    _check_target(cfg, "backbone._target_")
     if not 0.0 <= cfg.backbone.dropout < 1.0:
         raise ValueError(f"backbone.dropout must be in [0, 1), got {cfg.backbone.dropout}")
-    if cfg.backbone.num_blocks <= 0:
-        raise ValueError(f"backbone.num_blocks must be positive, got {cfg.backbone.num_blocks}")
-    for key in ("mamba_d_state", "mamba_d_conv", "mamba_expand", "sasrec_heads"):
+    for key in ("num_blocks", "ffn_multiplier", "d_state", "d_conv", "expand", "heads"):
         if cfg.backbone.get(key, 1) <= 0:
             raise ValueError(f"backbone.{key} must be positive, got {cfg.backbone[key]}")
-    if cfg.backbone.get("mamba_dt_rank", 0) < 0:
-        raise ValueError(f"backbone.mamba_dt_rank must be >= 0 (0 = auto), got {cfg.backbone.mamba_dt_rank}")
-    if cfg.backbone.name == "sasrec" and cfg.model.width % cfg.backbone.get("sasrec_heads", 1):
+    if cfg.backbone.get("dt_rank", 0) < 0:
+        raise ValueError(f"backbone.dt_rank must be >= 0 (0 = auto), got {cfg.backbone.dt_rank}")
+    if "r_max" in cfg.backbone and not 0.0 <= cfg.backbone.r_min < cfg.backbone.r_max < 1.0:
         raise ValueError(
-            f"backbone.sasrec_heads={cfg.backbone.sasrec_heads} must divide model.width={cfg.model.width}"
+            f"backbone.r_min={cfg.backbone.r_min}, backbone.r_max={cfg.backbone.r_max}: "
+            "need 0 <= r_min < r_max < 1"
         )
-    from recsys.evaluation.metrics import validate_ks
-
+    if cfg.model.width % cfg.backbone.get("heads", 1):
+        raise ValueError(f"backbone.heads={cfg.backbone.heads} must divide model.width={cfg.model.width}")
     try:
         validate_ks(cfg.eval.ks)
     except ValueError as err:
         raise ValueError(f"eval.ks: {err}") from None
     metric, _, k = cfg.trainer.monitor.partition("@")
-    if metric not in ("recall", "ndcg", "mrr") or not k.isdigit() or int(k) not in cfg.eval.ks:
+    if metric not in METRIC_NAMES or not k.isdigit() or int(k) not in cfg.eval.ks:
         raise ValueError(
             f"trainer.monitor='{cfg.trainer.monitor}' must be recall@k, ndcg@k or mrr@k with k in eval.ks {list(cfg.eval.ks)}"
         )
     if cfg.trainer.monitor_size is not None and cfg.trainer.monitor_size not in sizes:
-        raise ValueError(f"trainer.monitor_size={cfg.trainer.monitor_size} is not a trained size {list(sizes)}")
+        raise ValueError(
+            f"trainer.monitor_size={cfg.trainer.monitor_size} is not a trained size {list(sizes)}"
+        )
     for key in ("max_epochs", "batch_size", "log_every_n_steps"):
         if cfg.trainer[key] <= 0:
             raise ValueError(f"trainer.{key} must be positive, got {cfg.trainer[key]}")
-    for key in ("warmup_steps", "patience", "val_every_n_steps", "checkpoint_every_n_steps", "stop_after_steps",
-                "max_nonfinite_steps"):
+    for key in (
+        "warmup_steps",
+        "patience",
+        "val_every_n_steps",
+        "checkpoint_every_n_steps",
+        "stop_after_steps",
+        "max_nonfinite_steps",
+    ):
         if cfg.trainer.get(key, 0) < 0:
             raise ValueError(f"trainer.{key} must be >= 0, got {cfg.trainer[key]}")
     if not (math.isfinite(cfg.trainer.grad_clip)):
-        raise ValueError(f"trainer.grad_clip must be finite (<= 0 disables clipping), got {cfg.trainer.grad_clip}")
+        raise ValueError(
+            f"trainer.grad_clip must be finite (<= 0 disables clipping), got {cfg.trainer.grad_clip}"
+        )
     if not 0.0 <= cfg.trainer.min_lr_ratio <= 1.0:
         raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {cfg.trainer.min_lr_ratio}")
     opt = cfg.trainer.optimizer
@@ -207,9 +280,25 @@ def validate(cfg: DictConfig) -> None:
     if cfg.eval.batch_size <= 0:
         raise ValueError(f"eval.batch_size must be positive, got {cfg.eval.batch_size}")
     absent = object()
-    unknown = [k for k in cfg.get("resume_allow_changes", []) if OmegaConf.select(cfg, k, default=absent) is absent]
+    unknown = [
+        k for k in cfg.get("resume_allow_changes", []) if OmegaConf.select(cfg, k, default=absent) is absent
+    ]
     if unknown:
         raise ValueError(f"resume_allow_changes names unknown keys {unknown}")
+
+
+def _check_target(cfg: DictConfig, key: str) -> None:
+    """``key`` must name an importable class or function (what ``hydra.utils.instantiate`` builds)."""
+    import importlib
+
+    target = OmegaConf.select(cfg, key)
+    module, _, name = str(target).rpartition(".")
+    try:
+        found = callable(getattr(importlib.import_module(module), name))
+    except (ImportError, AttributeError, ValueError):
+        found = False
+    if not isinstance(target, str) or not found:
+        raise ValueError(f"{key}={target!r} does not name an importable class or function")
 
 
 def validate_for_dataset(cfg: DictConfig, num_items: int) -> None:
@@ -225,8 +314,16 @@ def validate_for_dataset(cfg: DictConfig, num_items: int) -> None:
 # Keys that never change what a resumed run computes (where and how verbosely it runs, or the
 # simulated kill of tests); every other difference from the checkpointed config is refused.
 RESUME_FREE_KEYS = (
-    "resume", "resume_allow_changes", "run_dir", "test_at_end", "data.path", "data.prepare_if_missing",
-    "trainer.progress", "trainer.log_every_n_steps", "trainer.stop_after_steps", "eval.batch_size",
+    "resume",
+    "resume_allow_changes",
+    "run_dir",
+    "test_at_end",
+    "data.path",
+    "data.prepare_if_missing",
+    "trainer.progress",
+    "trainer.log_every_n_steps",
+    "trainer.stop_after_steps",
+    "eval.batch_size",
 )
 
 
@@ -248,8 +345,13 @@ def check_resume_changes(old: dict[str, Any], new: dict[str, Any], allowed: list
     """Raise ``ValueError`` listing the keys (with old -> new values) that differ from the run being
     resumed, except :data:`RESUME_FREE_KEYS` and ``allowed`` (``resume_allow_changes``)."""
     free = set(RESUME_FREE_KEYS) | set(allowed)
-    changed = [k for k in config_differences(old, new) if k not in free and not any(k.startswith(f + ".") for f in free)]
+    changed = [
+        k
+        for k in config_differences(old, new)
+        if k not in free and not any(k.startswith(f + ".") for f in free)
+    ]
     if changed:
+
         def value(cfg: dict[str, Any], key: str) -> Any:
             for part in key.split("."):
                 cfg = cfg.get(part, "<absent>") if isinstance(cfg, dict) else "<absent>"
@@ -263,5 +365,4 @@ def check_resume_changes(old: dict[str, Any], new: dict[str, Any], allowed: list
         )
 
 
-def to_yaml(cfg: DictConfig) -> str:
-    return OmegaConf.to_yaml(cfg, resolve=True)
+register_schemas()  # every user of the configs (train, eval, tests) composes with the schemas

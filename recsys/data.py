@@ -44,7 +44,9 @@ class EvalSplit:
     def __len__(self) -> int:
         return int(self.targets.shape[0])
 
-    def batches(self, batch_size: int, start: int = 0, stop: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    def batches(
+        self, batch_size: int, start: int = 0, stop: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
         """Yields (inputs, targets, history) slices of users [start, stop) in order."""
         stop = len(self) if stop is None else stop
         for i in range(start, stop, batch_size):
@@ -124,7 +126,9 @@ class SequenceDataset:
             with safe_open(str(path), framework="pt") as f:
                 table = f.get_tensor("features").float()
             if table.shape[0] != self.num_items + 1:
-                raise ValueError(f"{path}: {table.shape[0]} rows, expected {self.num_items + 1} (N items + padding)")
+                raise ValueError(
+                    f"{path}: {table.shape[0]} rows, expected {self.num_items + 1} (N items + padding)"
+                )
             out[modality] = table
         return out
 

@@ -7,7 +7,7 @@ import sys
 
 def main() -> None:
     sys.argv = [sys.argv[0], "experiment=demo", *sys.argv[1:]]
-    from recsys.training.trainer import main as train_main
+    from recsys.training.cli import main as train_main
 
     train_main()
 

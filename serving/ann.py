@@ -22,7 +22,9 @@ def faiss_available() -> bool:
 
 
 class AnnIndex:
-    def __init__(self, item_embeddings: torch.Tensor, kind: str = "flat", hnsw_m: int = 32, ef_search: int = 128):
+    def __init__(
+        self, item_embeddings: torch.Tensor, kind: str = "flat", hnsw_m: int = 32, ef_search: int = 128
+    ):
         if kind not in ANN_KINDS:
             raise ValueError(f"ann kind must be one of {ANN_KINDS}, got {kind!r}")
         try:

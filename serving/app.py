@@ -40,14 +40,20 @@ ItemId = StrictStr | StrictInt
 def request_models(max_history: int, catalog_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
     """(RecommendRequest, FunnelRequest) with the app's bounds in the schema: 1..max_history history
     ids, 1 <= k <= catalog_size, shortlist >= 1."""
-    history = Annotated[list[ItemId], Field(min_length=1, max_length=max_history,
-                                            description="original item ids, oldest first")]
+    history = Annotated[
+        list[ItemId],
+        Field(min_length=1, max_length=max_history, description="original item ids, oldest first"),
+    ]
     k = Annotated[StrictInt, Field(ge=1, le=catalog_size, description="number of items to return")]
     common: dict[str, Any] = {"history": (history, ...), "k": (k, 10), "exclude_seen": (StrictBool, True)}
     config = ConfigDict(extra="forbid")
     recommend = create_model("RecommendRequest", __config__=config, **common, tier=(StrictStr | None, None))
     funnel = create_model(
-        "FunnelRequest", __config__=config, **common, small=(StrictStr | None, None), large=(StrictStr | None, None),
+        "FunnelRequest",
+        __config__=config,
+        **common,
+        small=(StrictStr | None, None),
+        large=(StrictStr | None, None),
         shortlist=(Annotated[StrictInt, Field(ge=1, description="candidates kept by the small tier")], 200),
     )
     return recommend, funnel
@@ -78,9 +84,9 @@ class BodySizeLimit:
             except ValueError:
                 return await _error(400, "invalid Content-Length header")(scope, receive, send)
             if length > self.limit:
-                return await _error(413, f"request body of {length} bytes exceeds the limit of {self.limit} bytes")(
-                    scope, receive, send
-                )
+                return await _error(
+                    413, f"request body of {length} bytes exceeds the limit of {self.limit} bytes"
+                )(scope, receive, send)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         chunks, total, more = [], 0, True
@@ -88,15 +94,21 @@ class BodySizeLimit:
             try:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0.01))
             except asyncio.TimeoutError:
-                return await _error(408, f"request body not received within {self.timeout:g} s",
-                                    headers={"connection": "close"})(scope, receive, send)
+                return await _error(
+                    408,
+                    f"request body not received within {self.timeout:g} s",
+                    headers={"connection": "close"},
+                )(scope, receive, send)
             if message["type"] != "http.request":  # the client went away
                 return await self.app(scope, _replay([message], receive), send)
             body = message.get("body", b"")
             total += len(body)
             if total > self.limit:
-                return await _error(413, f"request body exceeds the limit of {self.limit} bytes",
-                                    headers={"connection": "close"})(scope, receive, send)
+                return await _error(
+                    413,
+                    f"request body exceeds the limit of {self.limit} bytes",
+                    headers={"connection": "close"},
+                )(scope, receive, send)
             chunks.append(body)
             more = message.get("more_body", False)
         body = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
@@ -117,7 +129,9 @@ def _replay(messages, receive):
 
 _HINTS = {
     ("history", "too_short"): lambda ctx: "history is empty; give at least one known item id",
-    ("history", "too_long"): lambda ctx: f"history has more than max_history={ctx.get('max_length')} item ids",
+    ("history", "too_long"): lambda ctx: (
+        f"history has more than max_history={ctx.get('max_length')} item ids"
+    ),
     ("k", "greater_than_equal"): lambda ctx: "k must be an integer in [1, {catalog}] (the catalog size)",
     ("k", "less_than_equal"): lambda ctx: "k must be an integer in [1, {catalog}] (the catalog size)",
     ("shortlist", "greater_than_equal"): lambda ctx: "shortlist must be a positive integer",
@@ -125,7 +139,7 @@ _HINTS = {
 
 
 def _validation_message(errors, catalog_size: int) -> str:
-    """"invalid request", plus a plain-words hint for the bounds the schema states."""
+    """ "invalid request", plus a plain-words hint for the bounds the schema states."""
     hints = []
     for e in errors:
         loc = [x for x in e.get("loc", ()) if x != "body"]
@@ -139,8 +153,14 @@ def _validation_message(errors, catalog_size: int) -> str:
 
 def _validation_detail(errors) -> list[dict[str, Any]]:
     """Pydantic errors reduced to JSON-safe fields (the raw input may be anything)."""
-    return [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
-            for e in errors][:20]
+    return [
+        {
+            "loc": [str(x) for x in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in errors
+    ][:20]
 
 
 def create_app(
@@ -166,8 +186,16 @@ def create_app(
         raise ValueError(f"max_body_bytes must be a positive integer, got {max_body_bytes!r}")
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be > 0 seconds, got {body_timeout!r}")
-    tier_set = TierSet(export_dir, tiers, engine=engine, verify=verify, ann=ann, trust_program=trust_program,
-                       expect_digest=expect_digest, max_history=max_history)
+    tier_set = TierSet(
+        export_dir,
+        tiers,
+        engine=engine,
+        verify=verify,
+        ann=ann,
+        trust_program=trust_program,
+        expect_digest=expect_digest,
+        max_history=max_history,
+    )
     any_rec = next(iter(tier_set.by_size.values()))
     history_cap = max(rec.max_history for rec in tier_set.by_size.values())
     RecommendRequest, FunnelRequest = request_models(history_cap, any_rec.num_items)  # noqa: N806
@@ -219,8 +247,14 @@ def create_app(
         name = req.tier or tier_set.default
         rec = tier_set.get(name)
         result = rec.query(req.history, req.k, req.exclude_seen)
-        return {"items": result.items, "scores": result.scores, "tier": name, "size": rec.size,
-                "unknown_items": result.unknown_items, "truncated": result.truncated}
+        return {
+            "items": result.items,
+            "scores": result.scores,
+            "tier": name,
+            "size": rec.size,
+            "unknown_items": result.unknown_items,
+            "truncated": result.truncated,
+        }
 
     @app.post("/funnel")
     def funnel(req: FunnelRequest):
@@ -228,9 +262,15 @@ def create_app(
         small_name, large_name = req.small or by_size[0], req.large or by_size[-1]
         small, large = tier_set.get(small_name), tier_set.get(large_name)
         result = FunnelRecommender(small, large, req.shortlist).query(req.history, req.k, req.exclude_seen)
-        return {"items": result.items, "scores": result.scores, "tier": f"{small_name}->{large_name}",
-                "size": large.size, "shortlist": req.shortlist, "unknown_items": result.unknown_items,
-                "truncated": result.truncated}
+        return {
+            "items": result.items,
+            "scores": result.scores,
+            "tier": f"{small_name}->{large_name}",
+            "size": large.size,
+            "shortlist": req.shortlist,
+            "unknown_items": result.unknown_items,
+            "truncated": result.truncated,
+        }
 
     app.add_middleware(BodySizeLimit, limit=max_body_bytes, timeout=body_timeout)
     return app

@@ -16,6 +16,8 @@ from serving.recommender import Recommendation, Recommender, RequestError
 
 
 class FunnelRecommender:
+    """Top-K of ``large`` over the top-``shortlist`` candidates of ``small`` (same export)."""
+
     def __init__(self, small: Recommender, large: Recommender, shortlist: int = 200):
         if small.item_ids != large.item_ids:
             raise ValueError("funnel tiers must come from the same export (different catalogs)")
@@ -29,7 +31,11 @@ class FunnelRecommender:
 
     @torch.inference_mode()
     def query_batch(
-        self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True, shortlist: int | None = None
+        self,
+        histories: Sequence[Sequence],
+        k: int = 10,
+        exclude_seen: bool = True,
+        shortlist: int | None = None,
     ) -> list[Recommendation]:
         k = self.large.check_k(k)
         s = self.shortlist if shortlist is None else self.check_shortlist(shortlist)
@@ -42,20 +48,20 @@ class FunnelRecommender:
         if exclude_seen:
             coarse = Recommender.mask_seen(coarse, prepared)
         cand_scores, cand = torch.topk(coarse, s, dim=1)  # (B, S)
-        hidden = self.large.encode(batch)  # (B, D)
-        rows = self.large.item_embeddings[cand]  # (B, S, D)
+        hidden = self.large.encode(batch)  # (B, d_large)
+        rows = self.large.item_embeddings[cand]  # (B, S, d_large)
         fine = torch.einsum("bd,bsd->bs", hidden, rows)
         fine = fine.masked_fill(torch.isinf(cand_scores), float("-inf"))  # padding / seen never return
         values, pos = torch.topk(fine, k, dim=1)
-        picked = torch.gather(cand, 1, pos)
-        out = []
-        for vals, ids, p in zip(values.tolist(), picked.tolist(), prepared):
-            keep = [(i, v) for i, v in zip(ids, vals) if v != float("-inf") and i > 0]
-            out.append(Recommendation([self.large.item_ids[i - 1] for i, _ in keep], [v for _, v in keep],
-                                      p.unknown, p.truncated))
-        return out
+        picked = torch.gather(cand, 1, pos)  # (B, k) item_idx
+        return [
+            self.large.recommendation(i, v, p, k)
+            for v, i, p in zip(values.tolist(), picked.tolist(), prepared)
+        ]
 
-    def query(self, history: Sequence, k: int = 10, exclude_seen: bool = True, shortlist: int | None = None):
+    def query(
+        self, history: Sequence, k: int = 10, exclude_seen: bool = True, shortlist: int | None = None
+    ) -> Recommendation:
         return self.query_batch([history], k, exclude_seen, shortlist)[0]
 
     def recommend(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> list[tuple[str, float]]:
@@ -63,7 +69,10 @@ class FunnelRecommender:
 
 
 def funnel_recall(
-    funnel: FunnelRecommender, histories: Sequence[Sequence], k: int, shortlists: Sequence[int],
+    funnel: FunnelRecommender,
+    histories: Sequence[Sequence],
+    k: int,
+    shortlists: Sequence[int],
     exclude_seen: bool = True,
 ) -> dict[int, float]:
     """Mean |funnel top-K ∩ large top-K| / |large top-K| over ``histories``, for each shortlist size S."""

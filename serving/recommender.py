@@ -14,7 +14,8 @@ Request rules (the HTTP app applies the same ones, see docs/serving.md):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -61,15 +62,19 @@ class PreparedHistory:
 
 
 class Recommender:
-    """Recommends from one artifact. ``engine``: "python" (recsys.nn backbone rebuilt from the
-    safetensors weights) or "program" (the torch.export program; needs no recsys code).
+    """Recommends from one artifact. ``engine``: "python" (the inference model rebuilt from the
+    safetensors weights, recsys.export.artifact) or "program" (the torch.export program).
     ``ann``: None (exact full scoring), "flat" or "hnsw": top-K through a faiss index
     (serving/ann.py; needs faiss-cpu) over the python backbone's hidden state. The program engine
     needs an artifact loaded with ``trust_program=True`` (it unpickles program.pt2).
     ``max_history``: the longest history accepted (None: ``max(1000, max_len)``)."""
 
     def __init__(
-        self, artifact: Artifact, engine: str = "python", ann: str | None = None, max_history: int | None = None
+        self,
+        artifact: Artifact,
+        engine: str = "python",
+        ann: str | None = None,
+        max_history: int | None = None,
     ):
         if engine not in ("python", "program"):
             raise ValueError(f"engine must be 'python' or 'program', got {engine!r}")
@@ -79,12 +84,10 @@ class Recommender:
         self.item_ids = artifact.item_ids
         self.index = {item_id: i + 1 for i, item_id in enumerate(artifact.item_ids)}
         self.item_embeddings = artifact.item_embeddings  # (N+1, d) catalog
-        inputs = artifact.input_embeddings  # (N+1, D) for a non-nested backbone (sasrec)
-        self.input_embeddings = self.item_embeddings if inputs is None else inputs
-        if engine == "program":
+        if engine == "program":  # load at start-up: a broken artifact fails here, not per request
             artifact.program()
         if engine == "python" or ann is not None:
-            artifact.backbone()
+            artifact.module()
         self.ann = None
         if ann is not None:
             from serving.ann import AnnIndex
@@ -98,8 +101,10 @@ class Recommender:
         if len(history) == 0:
             raise RequestError("history is empty; give at least one known item id")
         if len(history) > self.max_history:
-            raise RequestError(f"history has {len(history)} item ids, more than max_history={self.max_history}; "
-                               f"only the most recent {self.max_len} are used, send at most those")
+            raise RequestError(
+                f"history has {len(history)} item ids, more than max_history={self.max_history}; "
+                f"only the most recent {self.max_len} are used, send at most those"
+            )
         known, unknown = [], []
         for item in history:
             if isinstance(item, bool) or not isinstance(item, (str, int)):
@@ -134,62 +139,67 @@ class Recommender:
         return out
 
     # ------------------------------------------------------------------ model
-    @torch.inference_mode()
     def encode(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, max_len) item_idx -> (B, d) hidden state of the last position (python backbone)."""
-        x = self.input_embeddings[batch]
-        return self.artifact.backbone()(x, batch != 0)[:, -1]
+        """(B, max_len) item_idx -> (B, d) hidden state of the last position (python engine)."""
+        return self.artifact.encode(batch)
 
-    @torch.inference_mode()
     def scores(self, batch: torch.Tensor) -> torch.Tensor:
-        """(B, max_len) item_idx -> (B, N+1) scores; column 0 (padding) = -inf."""
-        if self.engine == "program":
-            return self.artifact.program()(batch)
-        scores = self.encode(batch) @ self.item_embeddings.T
-        scores[:, 0] = float("-inf")
-        return scores
+        """(B, max_len) item_idx -> (B, N+1) scores; column 0 (padding) = -inf.
+
+        A NaN or +inf score (a broken model) becomes -inf: it is never returned, never ranked first.
+        """
+        scores = self.artifact.scores(batch, self.engine)
+        return scores.masked_fill(scores.isnan() | (scores == float("inf")), float("-inf"))
 
     @staticmethod
     def mask_seen(scores: torch.Tensor, prepared: Sequence[PreparedHistory]) -> torch.Tensor:
+        """(B, N+1) scores -> a copy with every known history item of each row at -inf."""
         scores = scores.clone()
         for row, p in enumerate(prepared):
             scores[row, torch.tensor(p.seen, dtype=torch.long)] = float("-inf")
         return scores
 
-    def top_k(self, scores: torch.Tensor, k: int) -> list[tuple[list[str], list[float]]]:
-        values, idx = torch.topk(scores, k, dim=1)
-        out = []
-        for vals, ids in zip(values.tolist(), idx.tolist()):
-            keep = [(i, v) for i, v in zip(ids, vals) if v != float("-inf") and i > 0]
-            out.append(([self.item_ids[i - 1] for i, _ in keep], [float(v) for _, v in keep]))
-        return out
+    def recommendation(
+        self,
+        ids: Sequence[int],
+        scores: Sequence[float],
+        prepared: PreparedHistory,
+        k: int,
+        exclude: Collection[int] = (),
+    ) -> Recommendation:
+        """Ranked candidates (item_idx, score), best first -> the Recommendation of their original ids:
+        the first k that are not padding (0), finite (-inf: masked or not found; NaN: a broken model)
+        and not in ``exclude``."""
+        keep = [(i, v) for i, v in zip(ids, scores) if i > 0 and math.isfinite(v) and i not in exclude][:k]
+        return Recommendation(
+            [self.item_ids[i - 1] for i, _ in keep],
+            [float(v) for _, v in keep],
+            prepared.unknown,
+            prepared.truncated,
+        )
 
     # ------------------------------------------------------------------ API
-    def query_batch(self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True) -> list[Recommendation]:
+    def query_batch(
+        self, histories: Sequence[Sequence], k: int = 10, exclude_seen: bool = True
+    ) -> list[Recommendation]:
         k = self.check_k(k)
         prepared = [self.prepare(h) for h in histories]
         if not prepared:
             return []
+        batch = self.batch_tensor(prepared)
         if self.ann is not None:
-            return self._query_ann(prepared, k, exclude_seen)
-        scores = self.scores(self.batch_tensor(prepared))
+            # faiss cannot mask: fetch enough extra candidates to drop the seen ones afterwards
+            extra = max(len(set(p.seen)) for p in prepared) if exclude_seen else 0
+            scores, ids = self.ann.search(self.encode(batch), k + extra)
+            return [
+                self.recommendation(i, v, p, k, set(p.seen) if exclude_seen else ())
+                for v, i, p in zip(scores.tolist(), ids.tolist(), prepared)
+            ]
+        scores = self.scores(batch)
         if exclude_seen:
             scores = self.mask_seen(scores, prepared)
-        return [
-            Recommendation(items, vals, p.unknown, p.truncated)
-            for (items, vals), p in zip(self.top_k(scores, k), prepared)
-        ]
-
-    def _query_ann(self, prepared: list[PreparedHistory], k: int, exclude_seen: bool) -> list[Recommendation]:
-        extra = max(len(set(p.seen)) for p in prepared) if exclude_seen else 0
-        scores, ids = self.ann.search(self.encode(self.batch_tensor(prepared)), k + extra)
-        out = []
-        for vals, idx, p in zip(scores.tolist(), ids.tolist(), prepared):
-            seen = set(p.seen) if exclude_seen else set()
-            keep = [(i, v) for i, v in zip(idx, vals) if i > 0 and i not in seen and v != float("-inf")][:k]
-            out.append(Recommendation([self.item_ids[i - 1] for i, _ in keep], [float(v) for _, v in keep],
-                                      p.unknown, p.truncated))
-        return out
+        values, ids = torch.topk(scores, k, dim=1)
+        return [self.recommendation(i, v, p, k) for v, i, p in zip(values.tolist(), ids.tolist(), prepared)]
 
     def query(self, history: Sequence, k: int = 10, exclude_seen: bool = True) -> Recommendation:
         return self.query_batch([history], k, exclude_seen)[0]

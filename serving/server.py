@@ -87,17 +87,22 @@ class HeaderTimeoutH11Protocol(H11Protocol):
     def _header_timed_out(self) -> None:
         self._header_timer = None
         if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.logger.info("closing a connection whose request head did not arrive within %.1f s",
-                             self.header_timeout)
+            self.logger.info(
+                "closing a connection whose request head did not arrive within %.1f s", self.header_timeout
+            )
             self.transport.close()
 
 
 def header_timeout_protocol(header_timeout: float) -> type[HeaderTimeoutH11Protocol]:
     """A :class:`HeaderTimeoutH11Protocol` subclass bound to ``header_timeout`` seconds."""
-    return type("HeaderTimeoutH11Protocol", (HeaderTimeoutH11Protocol,), {"header_timeout": float(header_timeout)})
+    return type(
+        "HeaderTimeoutH11Protocol", (HeaderTimeoutH11Protocol,), {"header_timeout": float(header_timeout)}
+    )
 
 
-def uvicorn_config(app: Any, host: str, port: int, limits: ServerLimits | None = None, **kwargs: Any) -> uvicorn.Config:
+def uvicorn_config(
+    app: Any, host: str, port: int, limits: ServerLimits | None = None, **kwargs: Any
+) -> uvicorn.Config:
     """uvicorn.Config for ``app`` with ``limits`` applied (h11 protocol with the header deadline, no
     websockets); ``kwargs`` go to uvicorn.Config (e.g. ``log_level``)."""
     limits = limits or ServerLimits()

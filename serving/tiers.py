@@ -33,8 +33,9 @@ from recsys.export.artifact import (
 from serving.recommender import Recommender, RequestError
 
 
-def default_tiers(export_dir: str | Path) -> dict[str, int]:
-    return {f"d{int(s)}": int(s) for s in read_index(export_dir)["sizes"]}
+def default_tiers(index: dict[str, Any]) -> dict[str, int]:
+    """Every size of an export's index.json as a tier named ``d<size>``."""
+    return {f"d{int(s)}": int(s) for s in index["sizes"]}
 
 
 def parse_tiers(data: Any, source: str = "tiers") -> tuple[dict[str, int], str | None]:
@@ -44,7 +45,9 @@ def parse_tiers(data: Any, source: str = "tiers") -> tuple[dict[str, int], str |
     tiers = {}
     for name, size in data["tiers"].items():
         if not isinstance(name, str) or not name or isinstance(size, bool) or not isinstance(size, int):
-            raise ValueError(f"{source}: tier {name!r}: expected a name mapped to an integer size, got {size!r}")
+            raise ValueError(
+                f"{source}: tier {name!r}: expected a name mapped to an integer size, got {size!r}"
+            )
         tiers[name] = size
     default = data.get("default")
     if default is not None and default not in tiers:
@@ -96,7 +99,8 @@ class TierSet:
             raise ArtifactError(
                 f"{self.export_dir}: engine='program' loads program.pt2 with torch.export.load, which unpickles "
                 "and can run code from the file; pass trust_program=True (recsys-serve --trust-program) only "
-                "for an export you made or whose digest you checked")
+                "for an export you made or whose digest you checked"
+            )
         self.digest = verify_export(self.export_dir, expect_digest) if verify else None
         self.index = read_index(self.export_dir)
         if isinstance(tiers, (str, Path)):
@@ -104,11 +108,13 @@ class TierSet:
         elif isinstance(tiers, dict):
             tiers, default = parse_tiers({"tiers": tiers, "default": default})
         else:
-            tiers = {f"d{int(s)}": int(s) for s in self.index["sizes"]}
+            tiers = default_tiers(self.index)
         exported = {int(s) for s in self.index["sizes"]}
         missing = {n: s for n, s in tiers.items() if s not in exported}
         if missing:
-            raise ArtifactError(f"tiers {missing} name sizes that were not exported; exported: {sorted(exported)}")
+            raise ArtifactError(
+                f"tiers {missing} name sizes that were not exported; exported: {sorted(exported)}"
+            )
         self.tiers = dict(tiers)
         self.default = default or max(self.tiers, key=lambda n: self.tiers[n])
         index_path = self.export_dir / INDEX_FILE
@@ -118,16 +124,21 @@ class TierSet:
             folder = safe_path(self.export_dir, name, index_path, f"size {size}: 'dir'")
             artifact = load_artifact(folder, verify=verify, trust_program=trust_program)
             if artifact.size != size:
-                raise ArtifactError(f"{index_path}: the entry for size {size} points at folder {name!r}, whose "
-                                    f"config.json has size {artifact.size}; each size must name its own folder")
+                raise ArtifactError(
+                    f"{index_path}: the entry for size {size} points at folder {name!r}, whose "
+                    f"config.json has size {artifact.size}; each size must name its own folder"
+                )
             by_size[size] = Recommender(artifact, engine, ann, max_history=max_history)
         self.by_size = by_size
 
     def get(self, name: str | None) -> Recommender:
         name = self.default if name is None else name
         if name not in self.tiers:
-            raise RequestError(f"unknown tier {name!r}; known tiers: {sorted(self.tiers)}", status_code=404,
-                               known_tiers=sorted(self.tiers))
+            raise RequestError(
+                f"unknown tier {name!r}; known tiers: {sorted(self.tiers)}",
+                status_code=404,
+                known_tiers=sorted(self.tiers),
+            )
         return self.by_size[self.tiers[name]]
 
     def info(self) -> dict[str, Any]:

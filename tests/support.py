@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_dir
 from safetensors.torch import save_file
 
 from data_prep import layout
-from recsys.training.trainer import CONFIG_DIR, run
+from recsys.config import CONFIG_DIR
+from recsys.training.runner import run
 
 
 def write_processed_dataset(
@@ -58,14 +59,23 @@ def write_processed_dataset(
             "image_path": pl.Series([None] * n_items, dtype=pl.Utf8),
         }
     ).write_parquet(directory / layout.ITEMS)
-    pl.DataFrame({"user_idx": pl.Series(range(1, n_users + 1), dtype=pl.Int32), "user_id": [f"u{u}" for u in range(1, n_users + 1)]}).write_parquet(directory / layout.USERS)
+    pl.DataFrame(
+        {
+            "user_idx": pl.Series(range(1, n_users + 1), dtype=pl.Int32),
+            "user_id": [f"u{u}" for u in range(1, n_users + 1)],
+        }
+    ).write_parquet(directory / layout.USERS)
     gen = torch.Generator().manual_seed(seed)
     features = torch.randn(n_items + 1, feature_dim, generator=gen)
     features[0] = 0
     mask = torch.ones(n_items + 1, dtype=torch.bool)
     mask[0] = False
     (directory / layout.FEATURES_DIR).mkdir(exist_ok=True)
-    save_file({"features": features, "mask": mask}, str(directory / layout.feature_file("text")), metadata={"fingerprint": "synthetic"})
+    save_file(
+        {"features": features, "mask": mask},
+        str(directory / layout.feature_file("text")),
+        metadata={"fingerprint": "synthetic"},
+    )
     manifest = {"dataset": "synthetic", "modalities": ["text"], "final": {"users": n_users, "items": n_items}}
     (directory / layout.MANIFEST).write_text(json.dumps(manifest))
     return directory
@@ -88,7 +98,9 @@ def trained_export(*overrides: str) -> tuple[Path, Path, dict]:
     root = Path(tempfile.mkdtemp(prefix="recsys-serving-tests-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)
     dataset = write_processed_dataset(root / "dataset")
-    out = run(tiny_cfg(dataset, "trainer.max_epochs=2", "trainer.optimizer.lr=0.01", *overrides), root / "run")
+    out = run(
+        tiny_cfg(dataset, "trainer.max_epochs=2", "trainer.optimizer.lr=0.01", *overrides), root / "run"
+    )
     run_dir = Path(out["run_dir"])
     index = export_run(run_dir, out=root / "export", parity_users=64)
     return run_dir, root / "export", index

@@ -123,12 +123,16 @@ class MetricAccumulator:
         for name, total in other.sums.items():
             self.sums[name] = self.sums[name] + total if name in self.sums else total.clone()
         if other.nonfinite is not None:
-            self.nonfinite = other.nonfinite.clone() if self.nonfinite is None else self.nonfinite + other.nonfinite
+            self.nonfinite = (
+                other.nonfinite.clone() if self.nonfinite is None else self.nonfinite + other.nonfinite
+            )
         self.count += other.count
 
     def nonfinite_users(self) -> dict[int, int]:
         """{size: number of users whose scores held a NaN or +inf} (0 everywhere for a healthy model)."""
-        counts = self.nonfinite if self.nonfinite is not None else torch.zeros(len(self.sizes), dtype=torch.long)
+        counts = (
+            self.nonfinite if self.nonfinite is not None else torch.zeros(len(self.sizes), dtype=torch.long)
+        )
         return {size: int(counts[i]) for i, size in enumerate(self.sizes)}
 
     def compute(self) -> dict[int, dict[str, float]]:

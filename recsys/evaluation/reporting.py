@@ -31,7 +31,10 @@ def _metric_order(name: str) -> tuple[int, int]:
 
 def jsonable_metrics(results: SizeMetrics) -> dict[str, dict[str, float]]:
     """JSON keys must be strings: {"64": {"ndcg@10": ...}}."""
-    return {str(d): dict(sorted(m.items(), key=lambda kv: _metric_order(kv[0]))) for d, m in sorted(results.items())}
+    return {
+        str(d): dict(sorted(m.items(), key=lambda kv: _metric_order(kv[0])))
+        for d, m in sorted(results.items())
+    }
 
 
 def metrics_vs_size_figure(results: SizeMetrics, title: str = "") -> plt.Figure:

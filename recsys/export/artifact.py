@@ -2,10 +2,11 @@
 
 Layout of ``EXPORT_DIR/d{d:04d}/`` (written by ``recsys-export``, see docs/serving.md)::
 
-    config.json                  format, size d, num_items, max_len, the width-d ModelConfig fields
+    config.json                  format, size d, num_items, max_len, the width-d ModelConfig (its
+                                 backbone as ``_target_`` + fields)
     model.safetensors            the width-d backbone weights (the [:d] slice of the trained model)
     item_embeddings.safetensors  "item_embeddings": (N+1, d) precomputed catalog matrix, row 0 = padding
-                                 (+ "input_embeddings": (N+1, D) backbone inputs, non-nested backbones only)
+                                 (+ "input_embeddings": (N+1, D) backbone inputs, when wider than d)
     items.json                   {"item_ids": [...]}: original item id of item_idx i+1 at index i
     program.pt2                  torch.export program: history (B, max_len) int64 -> scores (B, N+1)
     metrics.json                 validation/test metrics at size d, parameter count, file sizes
@@ -19,19 +20,25 @@ LC_ALL=C sort -k2 | sha256sum`` prints); kept outside the export, it detects any
 included (``recsys-serve --expect-digest``).
 
 ``load_artifact`` reads safetensors and JSON only (no pickle); the backbone is rebuilt from
-``recsys.nn`` (no torchrec, no training config). The program is loaded with ``torch.export.load``,
-which unpickles and can therefore run code from the file: only with ``trust_program=True``.
-Every path read from an export (index.json ``dir``, config.json ``program``, checksums.json names) must
-be a plain name that resolves inside its folder; anything else raises :class:`ArtifactError`.
+``recsys.nn`` (no torchrec, no training config), its config class looked up among the registered
+ones by its ``_target_`` (nothing named in the file is imported). The program is loaded with
+``torch.export.load``, which unpickles and can therefore run code from the file: only with
+``trust_program=True``. Every path read from an export (index.json ``dir``, config.json ``program``,
+checksums.json names) must be a plain name that resolves inside its folder; anything else raises
+:class:`ArtifactError`.
 
-Non-nested backbone (sasrec, config ``"nested": false``): model.safetensors holds the full-width
-weights, ``model_config.output_size = d`` makes the rebuilt backbone return ``h[..., :d]``, and
-the backbone reads the full-width ``input_embeddings`` while scoring uses the (N+1, d) catalog.
+:class:`InferenceModule` is the width-d inference model (history -> scores), the one both engines
+run: ``Artifact.module()`` rebuilds it from the safetensors ("python" engine), and program.pt2 is
+its ``torch.export`` ("program" engine).
+
+A backbone whose weights are not nested (sasrec) is exported whole with its output cut to d: its
+``model_config.backbone.ladder`` extends past ``model_config.ladder``, model.safetensors holds the
+full-width weights, and the backbone reads the full-width ``input_embeddings`` while scoring uses
+the (N+1, d) catalog.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import re
@@ -43,9 +50,11 @@ import torch
 from safetensors.torch import load_file
 
 from data_prep.io import sha256_file
+from recsys.nn import BackboneConfig, backbone_config_from_dict, build_backbone
+from recsys.scoring import score_items
 
 FORMAT = "recsys-serving-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model_config.backbone is a config object (``_target_`` + fields)
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 ITEM_EMB_FILE = "item_embeddings.safetensors"
@@ -76,22 +85,34 @@ def safe_path(folder: Path, name: Any, source: Path, what: str) -> Path:
     """``folder / name`` for a ``name`` read from the file ``source``; ArtifactError unless ``name`` is a
     plain file or folder name (no separator, not ``.``/``..``, not absolute) whose target, symlinks
     resolved, lies inside ``folder``."""
-    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
-            or "\x00" in name or Path(name).is_absolute()):
-        raise ArtifactError(f"{source}: {what} {name!r} must be a plain name inside {folder} "
-                            "(no '/', '..' or absolute path)")
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or Path(name).is_absolute()
+    ):
+        raise ArtifactError(
+            f"{source}: {what} {name!r} must be a plain name inside {folder} (no '/', '..' or absolute path)"
+        )
     path = folder / name
     root, target = folder.resolve(), path.resolve()
     if target == root or not target.is_relative_to(root):
-        raise ArtifactError(f"{source}: {what} {name!r} resolves to {target}, not inside {folder}; "
-                            "paths must stay inside the export folder")
+        raise ArtifactError(
+            f"{source}: {what} {name!r} resolves to {target}, not inside {folder}; "
+            "paths must stay inside the export folder"
+        )
     return path
 
 
 def write_checksums(directory: Path) -> dict[str, str]:
     """Write checksums.json: sha256 of every regular file of ``directory`` (itself excluded)."""
     sums = {
-        p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS_FILE
+        p.name: sha256_file(p)
+        for p in sorted(directory.iterdir())
+        if p.is_file() and p.name != CHECKSUMS_FILE
     }
     (directory / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=2, sort_keys=True))
     return sums
@@ -99,7 +120,9 @@ def write_checksums(directory: Path) -> dict[str, str]:
 
 def _read_checksums(path: Path) -> dict[str, str]:
     sums = _read_json(path)
-    if not isinstance(sums, dict) or not all(isinstance(v, str) and _HEX64.fullmatch(v) for v in sums.values()):
+    if not isinstance(sums, dict) or not all(
+        isinstance(v, str) and _HEX64.fullmatch(v) for v in sums.values()
+    ):
         raise ArtifactError(f"{path}: expected a mapping of file name -> sha256 hex digest")
     return sums
 
@@ -120,8 +143,11 @@ def verify_checksums(directory: Path) -> None:
             raise ArtifactError(
                 f"checksum mismatch for {target}: expected sha256 {digest}, got {actual} (file altered or corrupt)"
             )
-    extra = sorted(p.name for p in directory.iterdir() if p.is_file() and p.name not in expected
-                   and p.name != CHECKSUMS_FILE)
+    extra = sorted(
+        p.name
+        for p in directory.iterdir()
+        if p.is_file() and p.name not in expected and p.name != CHECKSUMS_FILE
+    )
     if extra:
         raise ArtifactError(f"{directory}: files not covered by {CHECKSUMS_FILE}: {extra}")
 
@@ -172,20 +198,27 @@ def verify_export(export_dir: str | Path, expect_digest: str | None = None) -> s
     expected = None if expect_digest is None else normalize_digest(expect_digest)
     path = export_dir / CHECKSUMS_FILE
     if not path.is_file():
-        raise ArtifactError(f"{export_dir}: no {CHECKSUMS_FILE} at the export root (it covers {INDEX_FILE}); "
-                            "re-export with this version of recsys-export, or skip verification")
+        raise ArtifactError(
+            f"{export_dir}: no {CHECKSUMS_FILE} at the export root (it covers {INDEX_FILE}); "
+            "re-export with this version of recsys-export, or skip verification"
+        )
     sums = _read_checksums(path)
     digest = digest_of(sums)
     if expected is not None and digest != expected:
-        raise ArtifactError(f"{export_dir}: export digest {digest} differs from the expected digest {expected}; "
-                            "the export is not the one you exported (or was modified)")
+        raise ArtifactError(
+            f"{export_dir}: export digest {digest} differs from the expected digest {expected}; "
+            "the export is not the one you exported (or was modified)"
+        )
+
     def check(rel: str, target: Path) -> None:
         if not target.is_file():
             raise ArtifactError(f"{target}: listed in {path} but missing")
         actual = sha256_file(target)
         if actual != sums[rel]:
-            raise ArtifactError(f"checksum mismatch for {target}: expected sha256 {sums[rel]} (from {path}), "
-                                f"got {actual} (file altered or corrupt)")
+            raise ArtifactError(
+                f"checksum mismatch for {target}: expected sha256 {sums[rel]} (from {path}), "
+                f"got {actual} (file altered or corrupt)"
+            )
 
     if INDEX_FILE not in sums:
         raise ArtifactError(f"{path}: does not cover {INDEX_FILE}")
@@ -218,13 +251,17 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_config(config: Any, path: Path) -> dict[str, Any]:
+def check_config(config: Any, path: Path) -> tuple[dict[str, Any], BackboneConfig]:
     """config.json's fields (ArtifactError naming the file for a missing or ill-typed one), its
-    ``program`` a plain name, and its model width consistent with its size."""
+    ``program`` a plain name, its model width equal to its size, and its backbone config (returned)
+    a registered one that fits the model's ladder and max_len."""
     if not isinstance(config, dict):
         raise ArtifactError(f"{path}: expected a JSON object")
-    if config.get("format") != FORMAT or not _is_int(config.get("version")) or config["version"] > FORMAT_VERSION:
-        raise ArtifactError(f"{path}: not a {FORMAT} v{FORMAT_VERSION} artifact")
+    if config.get("format") != FORMAT or config.get("version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path}: not a {FORMAT} v{FORMAT_VERSION} artifact (version "
+            f"{config.get('version')!r}); re-export it with this version of recsys-export"
+        )
     for key in CONFIG_FIELDS:
         if key not in config:
             raise ArtifactError(f"{path}: missing field {key!r}")
@@ -235,29 +272,53 @@ def check_config(config: Any, path: Path) -> dict[str, Any]:
     ladder = model.get("ladder") if isinstance(model, dict) else None
     if not isinstance(ladder, list) or not ladder or not all(_is_int(x) for x in ladder):
         raise ArtifactError(f"{path}: field 'model_config' must hold a 'ladder' list of integer sizes")
-    nested = config.get("nested", True)
-    width = ladder[-1] if nested else model.get("output_size")
-    if width != config["size"]:
-        what = "model_config.ladder[-1]" if nested else "model_config.output_size"
-        raise ArtifactError(f"{path}: {what} = {width!r} does not match size {config['size']}")
+    if ladder[-1] != config["size"]:
+        raise ArtifactError(
+            f"{path}: model_config.ladder[-1] = {ladder[-1]!r} does not match size {config['size']}"
+        )
+    try:
+        backbone = backbone_config_from_dict(model.get("backbone"))
+    except (ValueError, TypeError) as err:
+        raise ArtifactError(f"{path}: model_config.backbone: {err}") from None
+    if list(backbone.ladder or ())[: len(ladder)] != ladder or backbone.max_len != config["max_len"]:
+        raise ArtifactError(
+            f"{path}: model_config.backbone (ladder {backbone.ladder}, max_len {backbone.max_len}) "
+            f"does not fit model_config.ladder {ladder} and max_len {config['max_len']}"
+        )
     safe_path(path.parent, config.get("program", PROGRAM_FILE), path, "field 'program'")
-    return config
+    return config, backbone
 
 
-def serving_model_config(fields: dict[str, Any]) -> Any:
-    """A frozen-shape dataclass holding the ModelConfig fields of config.json.
+class InferenceModule(torch.nn.Module):
+    """The width-d inference model: history (B, L) int64, left-padded with 0 -> scores (B, N+1),
+    padding column -inf.
 
-    Backbones read their settings as attributes and ``Backbone.slice`` uses ``dataclasses.replace``;
-    a dataclass built from the stored fields gives both without importing ``recsys.model``
-    (which pulls in torchrec for the training-time item tables).
+    item ids -> rows of the backbone's inputs -> backbone -> last position -> score_items at size d
+    against the (N+1, d) catalog. ``input_embeddings`` (N+1, D): the backbone's inputs when wider
+    than the catalog (a backbone whose output is cut to d); None: the catalog itself.
     """
-    values = dict(fields)
-    values["ladder"] = tuple(values["ladder"])
-    if "modalities" in values:
-        values["modalities"] = tuple(values["modalities"])
-    cls = dataclasses.make_dataclass("ServingModelConfig", [(k, Any) for k in values])
-    cls.width = property(lambda self: self.ladder[-1])
-    return cls(**values)
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        item_embeddings: torch.Tensor,
+        input_embeddings: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("item_embeddings", item_embeddings.detach().clone().contiguous())
+        self.separate_inputs = input_embeddings is not None
+        if self.separate_inputs:
+            self.register_buffer("input_embeddings", input_embeddings.detach().clone().contiguous())
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, L) -> (B, d) hidden state of the last position."""
+        x = (self.input_embeddings if self.separate_inputs else self.item_embeddings)[history]  # (B, L, D)
+        return self.backbone(x, history != 0)[:, -1]
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, L) -> (B, N+1) scores."""
+        return score_items(self.encode(history), self.item_embeddings, (self.item_embeddings.shape[1],))[0]
 
 
 @dataclass
@@ -267,13 +328,14 @@ class Artifact:
     directory: Path
     size: int
     config: dict[str, Any]
+    backbone_config: BackboneConfig
     state: dict[str, torch.Tensor]
     item_embeddings: torch.Tensor  # (N+1, d), row 0 = padding
     item_ids: list[str]  # index i -> original id of item_idx i+1
     metrics: dict[str, Any]
     input_embeddings: torch.Tensor | None = None  # (N+1, D) backbone inputs; None: the catalog matrix
     trust_program: bool = False  # allow program(), which unpickles program.pt2
-    _backbone: torch.nn.Module | None = field(default=None, repr=False)
+    _module: InferenceModule | None = field(default=None, repr=False)
     _program: torch.nn.Module | None = field(default=None, repr=False)
 
     @property
@@ -286,23 +348,23 @@ class Artifact:
 
     @property
     def num_parameters(self) -> int:
-        """Parameters of the width-d inference model (non-nested backbone: the full-width one),
-        excluding the precomputed catalog and input matrices."""
+        """Parameters of the width-d backbone (one whose output is cut: all of it), excluding the
+        precomputed catalog and input matrices."""
         return int(sum(t.numel() for t in self.state.values()))
 
-    def backbone(self) -> torch.nn.Module:
-        """The width-d backbone rebuilt from recsys.nn and the safetensors weights (eval mode)."""
-        if self._backbone is None:
-            from recsys.nn import build_backbone
-
-            cfg = serving_model_config(self.config["model_config"])
-            module = build_backbone(cfg.backbone, cfg)
+    def module(self) -> InferenceModule:
+        """The inference model rebuilt from recsys.nn and the safetensors weights (eval mode): the
+        backbone of ``backbone_config``, its output cut to size d."""
+        if self._module is None:
+            backbone = build_backbone(self.backbone_config, self.size)
             try:
-                module.load_state_dict(self.state, strict=True)
+                backbone.load_state_dict(self.state, strict=True)
             except RuntimeError as err:
-                raise ArtifactError(f"{self.directory / WEIGHTS_FILE}: weights do not fit the config: {err}") from None
-            self._backbone = module.eval()
-        return self._backbone
+                raise ArtifactError(
+                    f"{self.directory / WEIGHTS_FILE}: weights do not fit the config: {err}"
+                ) from None
+            self._module = InferenceModule(backbone, self.item_embeddings, self.input_embeddings).eval()
+        return self._module
 
     def program(self) -> torch.nn.Module:
         """The serialized inference program (torch.export), history (B, max_len) -> scores (B, N+1).
@@ -314,7 +376,8 @@ class Artifact:
                 raise UntrustedProgramError(
                     f"{self.directory}: refusing to load {self.config.get('program', PROGRAM_FILE)}: "
                     "torch.export.load unpickles and can run code from the file; pass trust_program=True "
-                    "(recsys-serve --trust-program) only for an export you made or whose digest you checked")
+                    "(recsys-serve --trust-program) only for an export you made or whose digest you checked"
+                )
             name = self.config.get("program", PROGRAM_FILE)
             path = safe_path(self.directory, name, self.directory / CONFIG_FILE, "field 'program'")
             if not path.is_file():
@@ -322,12 +385,27 @@ class Artifact:
             self._program = torch.export.load(str(path)).module()
         return self._program
 
+    @torch.inference_mode()
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        """history (B, max_len) item_idx, left-padded -> (B, d) last hidden state (python engine)."""
+        return self.module().encode(history)
+
+    @torch.inference_mode()
+    def scores(self, history: torch.Tensor, engine: str = "python") -> torch.Tensor:
+        """history (B, max_len) item_idx, left-padded -> (B, N+1) scores, column 0 = -inf, through the
+        python engine (:meth:`module`) or the program (:meth:`program`)."""
+        if engine not in ("python", "program"):
+            raise ValueError(f"engine must be 'python' or 'program', got {engine!r}")
+        return (self.module() if engine == "python" else self.program())(history)
+
 
 def _read_item_ids(path: Path) -> list[str]:
     data = _read_json(path)
     ids = data.get("item_ids") if isinstance(data, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in ids):
-        raise ArtifactError(f"{path}: expected {{\"item_ids\": [id, ...]}} with string or integer ids")
+    if not isinstance(ids, list) or not all(
+        isinstance(x, (str, int)) and not isinstance(x, bool) for x in ids
+    ):
+        raise ArtifactError(f'{path}: expected {{"item_ids": [id, ...]}} with string or integer ids')
     return [str(x) for x in ids]
 
 
@@ -349,7 +427,7 @@ def load_artifact(directory: str | Path, verify: bool = True, trust_program: boo
     _check_inside(directory)
     if verify:
         verify_checksums(directory)
-    config = check_config(_read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
+    config, backbone_config = check_config(_read_json(directory / CONFIG_FILE), directory / CONFIG_FILE)
     for name in (WEIGHTS_FILE, ITEM_EMB_FILE):
         if not (directory / name).is_file():
             raise ArtifactError(f"missing artifact file {directory / name}")
@@ -366,15 +444,32 @@ def load_artifact(directory: str | Path, verify: bool = True, trust_program: boo
             f"match num_items={num_items}, size={size}"
         )
     inputs = emb[INPUT_EMB_KEY].float() if INPUT_EMB_KEY in emb else None
+    width = backbone_config.width  # what the backbone reads
+    if (inputs is None) != (width == size):
+        raise ArtifactError(
+            f"{directory / ITEM_EMB_FILE}: a backbone of width {width} at size {size} needs "
+            f"'{INPUT_EMB_KEY}' exactly when its width exceeds the size"
+        )
     if inputs is not None:
-        width = int(config["model_config"]["ladder"][-1])
         if inputs.shape != (num_items + 1, width):
-            raise ArtifactError(f"{directory}: input_embeddings {tuple(inputs.shape)} do not match "
-                                f"num_items={num_items}, width={width}")
+            raise ArtifactError(
+                f"{directory}: input_embeddings {tuple(inputs.shape)} do not match "
+                f"num_items={num_items}, width={width}"
+            )
     metrics_path = directory / METRICS_FILE
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
-    return Artifact(directory, size, config, state, item_embeddings, item_ids, metrics, inputs,
-                    trust_program=trust_program)
+    return Artifact(
+        directory,
+        size,
+        config,
+        backbone_config,
+        state,
+        item_embeddings,
+        item_ids,
+        metrics,
+        inputs,
+        trust_program=trust_program,
+    )
 
 
 def check_index(index: Any, path: Path) -> dict[str, Any]:

@@ -7,12 +7,12 @@ For every size d (default: the whole ladder) it writes ``OUT/d{d:04d}/`` (defaul
 RUN_DIR/export; layout in recsys/export/artifact.py and docs/serving.md) and a top-level
 ``index.json`` listing every size with its test metrics, parameter count and bytes on disk.
 
-The width-d inference model is ``model.slice(d)``'s backbone plus the precomputed (N+1, d)
-catalog matrix: history ids -> matrix rows -> backbone -> last position -> h @ E^T. The
-feature tables and projector are not needed at serving time. The serialized program is a
-``torch.export`` ExportedProgram (the complex-valued LRU scan exports fine), loadable with
-``torch.export.load`` without the recsys package (it unpickles: ``recsys-serve`` loads it only with
-``--trust-program``).
+The width-d inference model (``recsys.export.artifact.InferenceModule``) is ``model.slice(d)``'s
+backbone plus the precomputed (N+1, d) catalog matrix: history ids -> matrix rows -> backbone ->
+last position -> h @ E^T. The feature tables and projector are not needed at serving time. The
+serialized program is a ``torch.export`` ExportedProgram of it (the complex-valued LRU scan exports
+fine), loadable with ``torch.export.load`` without the recsys package (it unpickles:
+``recsys-serve`` loads it only with ``--trust-program``).
 
 After the sizes, ``OUT/checksums.json`` records the sha256 of index.json and of every size's
 checksums.json, and the export digest over that list is printed (``recsys.export.artifact.export_digest``):
@@ -20,22 +20,21 @@ keep it outside the export and pass it to ``recsys-serve --expect-digest`` to de
 Every file is written with the mode a normal file gets (0666 & ~umask), safetensors included.
 
 Before an artifact is published (staged in a temporary directory, then renamed into place) the
-exporter checks parity: on a sample of test users, the artifact's top-K (K = 10 and 50) through
-the python loader and through the program equals the trained model's size-d top-K, scores
-within 1e-4 relative; and its parameter count equals that of a backbone built at width d. A
-failure raises :class:`ParityError` and nothing is written for that size.
+exporter checks parity: on a sample of test users, the artifact's top-K (K = 10 and 50), loaded
+back with recsys.export.artifact through the python engine and through the program, equals the
+trained model's size-d top-K, scores within 1e-4 relative; and its parameter count equals that
+of a backbone built from scratch from the width-d model's config. A failure raises
+:class:`ParityError` and nothing is written for that size.
 
-A backbone whose weights are not nested (sasrec, ``backbone.nested`` False) has no width-d
-network: its size-d artifact holds the full-width backbone with a fixed output truncation
-(``model_config.output_size = d``), the full-width input item embeddings (``input_embeddings``,
-(N+1, D), in item_embeddings.safetensors) and the (N+1, d) catalog; its parameter count is
-compared with the full-width backbone, and metrics.json records ``"nested": false``.
+A backbone whose weights are not nested (sasrec) has no width-d network: ``model.slice(d)`` keeps
+it whole with its output cut to d, so its size-d artifact holds the full-width backbone, the
+full-width input item embeddings (``input_embeddings``, (N+1, D), in item_embeddings.safetensors)
+and the (N+1, d) catalog; metrics.json counts ``input_embedding_parameters``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -46,10 +45,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from recsys.builders import build_dataset, build_model
+from recsys.data import SequenceDataset
 from recsys.export.artifact import (
     CONFIG_FILE,
     FORMAT,
@@ -62,6 +62,7 @@ from recsys.export.artifact import (
     METRICS_FILE,
     PROGRAM_FILE,
     WEIGHTS_FILE,
+    InferenceModule,
     export_digest,
     load_artifact,
     size_dir_name,
@@ -69,8 +70,8 @@ from recsys.export.artifact import (
     write_export_checksums,
 )
 from recsys.model import MatryoshkaRecModel
+from recsys.nn import build_backbone
 from recsys.training.checkpoint import load_checkpoint
-from serving.recommender import Recommender
 
 log = logging.getLogger("recsys.export.exporter")
 PARITY_KS = (10, 50)
@@ -79,32 +80,6 @@ PARITY_RTOL = 1e-4
 
 class ParityError(AssertionError):
     """An artifact does not reproduce the trained model's size-d ranking."""
-
-
-class InferenceModule(torch.nn.Module):
-    """history (B, L) int64, left-padded with 0 -> scores (B, N+1), padding column -inf.
-
-    item ids -> rows of the precomputed catalog matrix -> backbone -> last position -> h @ E^T.
-    ``input_embeddings`` (N+1, D): the backbone's input rows when they differ from the catalog
-    (non-nested backbone: full-width inputs, (N+1, d) catalog).
-    """
-
-    def __init__(
-        self, backbone: torch.nn.Module, item_embeddings: torch.Tensor, input_embeddings: torch.Tensor | None = None
-    ):
-        super().__init__()
-        self.backbone = backbone
-        self.register_buffer("item_embeddings", item_embeddings.detach().clone().contiguous())
-        self.separate_inputs = input_embeddings is not None
-        if self.separate_inputs:
-            self.register_buffer("input_embeddings", input_embeddings.detach().clone().contiguous())
-
-    def forward(self, history: torch.Tensor) -> torch.Tensor:
-        x = (self.input_embeddings if self.separate_inputs else self.item_embeddings)[history]
-        h = self.backbone(x, history != 0)[:, -1]
-        scores = h @ self.item_embeddings.T
-        pad = torch.full_like(scores[:, :1], float("-inf"))
-        return torch.cat([pad, scores[:, 1:]], dim=1)
 
 
 # ---------------------------------------------------------------------------- loading the run
@@ -124,7 +99,7 @@ def resolve_run(target: str | Path, checkpoint: str = "best") -> tuple[Path, Pat
     return target, ckpt
 
 
-def load_trained(run_dir: Path, ckpt: Path):
+def load_trained(run_dir: Path, ckpt: Path) -> tuple[DictConfig, SequenceDataset, MatryoshkaRecModel]:
     """(cfg, dataset, model in eval mode with the checkpoint's weights)."""
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -137,6 +112,7 @@ def load_trained(run_dir: Path, ckpt: Path):
 
 
 def parse_sizes(text: str | None, ladder: tuple[int, ...]) -> list[int]:
+    """``--sizes`` ("64,256") -> sorted sizes of ``ladder`` (all of it for None/empty); ValueError otherwise."""
     if not text:
         return list(ladder)
     try:
@@ -168,31 +144,35 @@ def _topk_matches(ref: torch.Tensor, got: torch.Tensor, k: int, what: str) -> No
 
 
 def check_parity(
-    model: MatryoshkaRecModel, d: int, staging: Path, inputs: torch.Tensor, full_emb: torch.Tensor
+    model: MatryoshkaRecModel,
+    small: MatryoshkaRecModel,
+    staging: Path,
+    inputs: torch.Tensor,
+    full_emb: torch.Tensor,
 ) -> dict[str, Any]:
-    """Raise ParityError unless the staged artifact reproduces ``model``'s size-d top-K on ``inputs``."""
+    """Raise ParityError unless the staged artifact of ``small = model.slice(d)`` reproduces
+    ``model``'s size-d top-K on ``inputs`` (B, L), through both engines."""
+    d = small.config.width
     with torch.inference_mode():
         ref = model.score(inputs, full_emb)[model.ladder.index(d)].float()  # (B, N+1)
     # checksums are written after parity; the program is the one just exported, so it is trusted
     artifact = load_artifact(staging, verify=False, trust_program=True)
     k_max = min(max(PARITY_KS), artifact.num_items)
     for engine in ("python", "program"):
-        rec = Recommender(artifact, engine=engine)
-        got = rec.scores(inputs).float()
+        got = artifact.scores(inputs, engine).float()
         for k in PARITY_KS:
             _topk_matches(ref, got, min(k, k_max), f"size {d}, {engine} path")
-    # parameter count: the width-d backbone built from scratch (non-nested: the full-width one)
-    from recsys.nn import build_backbone
-
-    if model.backbone.nested:
-        fresh_cfg = dataclasses.replace(model.config, ladder=model.config.ladder[: model.ladder.index(d) + 1])
-    else:
-        fresh_cfg = dataclasses.replace(model.config, output_size=d)
-    fresh = sum(p.numel() for p in build_backbone(fresh_cfg.backbone, fresh_cfg).parameters())
+    fresh = sum(p.numel() for p in build_backbone(small.config.backbone, d).parameters())
     if artifact.num_parameters != fresh:
-        raise ParityError(f"size {d}: artifact holds {artifact.num_parameters} parameters, a width-{d} "
-                          f"backbone has {fresh}")
-    return {"users": int(inputs.shape[0]), "ks": list(PARITY_KS), "rtol": PARITY_RTOL, "engines": ["python", "program"]}
+        raise ParityError(
+            f"size {d}: artifact holds {artifact.num_parameters} parameters, a width-{d} backbone has {fresh}"
+        )
+    return {
+        "users": int(inputs.shape[0]),
+        "ks": list(PARITY_KS),
+        "rtol": PARITY_RTOL,
+        "engines": ["python", "program"],
+    }
 
 
 # ---------------------------------------------------------------------------- writing
@@ -217,23 +197,24 @@ def export_program(module: InferenceModule, max_len: int, path: Path) -> None:
 
 
 def write_size(
-    model: MatryoshkaRecModel,
-    d: int,
+    small: MatryoshkaRecModel,
     staging: Path,
     item_ids: list[str],
     run_metrics: dict[str, Any],
     source: dict[str, Any],
 ) -> None:
-    small = model.slice(d).eval()
-    nested = bool(small.backbone.nested)
+    """Stage the artifact of ``small = model.slice(d)`` (eval mode) in ``staging``."""
+    d = small.config.width
     with torch.inference_mode():
-        full = small.item_embeddings().float()  # (N+1, d); non-nested backbone: (N+1, D)
+        full = (
+            small.item_embeddings().float()
+        )  # (N+1, D): the backbone's inputs (D = d unless its output is cut)
     emb = full[:, :d].clone().contiguous()  # (N+1, d) catalog (own storage)
-    inputs = None if nested else full.contiguous()  # full-width backbone inputs
+    inputs = None if full.shape[1] == d else full.contiguous()
     backbone_state = {k: v.detach().contiguous().cpu() for k, v in small.backbone.state_dict().items()}
     staging.mkdir(parents=True)
     save_safetensors(backbone_state, staging / WEIGHTS_FILE, metadata={"format": FORMAT, "size": str(d)})
-    tables = {ITEM_EMB_KEY: emb} if nested else {ITEM_EMB_KEY: emb, INPUT_EMB_KEY: inputs}
+    tables = {ITEM_EMB_KEY: emb} if inputs is None else {ITEM_EMB_KEY: emb, INPUT_EMB_KEY: inputs}
     save_safetensors(tables, staging / ITEM_EMB_FILE, metadata={"format": FORMAT, "size": str(d)})
     (staging / ITEMS_FILE).write_text(json.dumps({"item_ids": item_ids}))
     config = {
@@ -242,9 +223,7 @@ def write_size(
         "size": d,
         "num_items": small.num_items,
         "max_len": small.config.max_len,
-        "backbone": small.config.backbone,
-        "nested": nested,
-        "model_config": dataclasses.asdict(small.config),
+        "model_config": small.config.to_dict(),
         "program": PROGRAM_FILE,
         "program_format": "torch.export",
         "program_signature": "history int64 (B, max_len), left-padded with 0 -> scores float32 (B, N+1), col 0 = -inf",
@@ -262,8 +241,7 @@ def write_size(
         "filter_history": run_metrics.get("filter_history"),
         "parameters": params,
         "catalog_parameters": int(emb.numel()),
-        "nested": nested,  # False: full-width backbone + output truncated to d (parameters = full width)
-        **({} if nested else {"input_embedding_parameters": int(inputs.numel())}),
+        **({} if inputs is None else {"input_embedding_parameters": int(inputs.numel())}),
         "trained_model_parameters_at_size": int(sum(p.numel() for p in small.parameters())),
     }
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -272,7 +250,9 @@ def write_size(
 def finalize_size(staging: Path, parity: dict[str, Any], final: Path) -> dict[str, Any]:
     metrics = json.loads((staging / METRICS_FILE).read_text())
     metrics["parity"] = parity
-    files = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file() and p.name != METRICS_FILE}
+    files = {
+        p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file() and p.name != METRICS_FILE
+    }
     metrics["file_bytes"] = files
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     write_checksums(staging)
@@ -284,7 +264,8 @@ def finalize_size(staging: Path, parity: dict[str, Any], final: Path) -> dict[st
         "dir": final.name,
         "size": metrics["size"],
         "metrics": {
-            split: {m: metrics[split].get(m) for m in ("ndcg@10", "recall@10")} for split in ("validation", "test")
+            split: {m: metrics[split].get(m) for m in ("ndcg@10", "recall@10")}
+            for split in ("validation", "test")
         },
         "parameters": metrics["parameters"],
         "catalog_parameters": metrics["catalog_parameters"],
@@ -302,15 +283,20 @@ def export_run(
     """Export every size; returns the index written to OUT/index.json."""
     run_dir, ckpt = resolve_run(target, checkpoint)
     cfg, dataset, model = load_trained(run_dir, ckpt)
-    sizes = parse_sizes(sizes if isinstance(sizes, str) or sizes is None else ",".join(map(str, sizes)),
-                        tuple(model.ladder))
+    sizes = parse_sizes(
+        sizes if isinstance(sizes, str) or sizes is None else ",".join(map(str, sizes)), tuple(model.ladder)
+    )
     out = Path(out) if out is not None else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = run_dir / "metrics.json"
     run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     if not run_metrics:
         log.warning("%s has no metrics.json; artifacts will carry no metrics", run_dir)
-    source = {"run_dir": str(run_dir.resolve()), "checkpoint": str(ckpt.resolve()), "ladder": list(model.ladder)}
+    source = {
+        "run_dir": str(run_dir.resolve()),
+        "checkpoint": str(ckpt.resolve()),
+        "ladder": list(model.ladder),
+    }
     split = dataset.split("test")
     gen = torch.Generator().manual_seed(0)
     sample = torch.randperm(len(split), generator=gen)[: min(parity_users, len(split))]
@@ -323,8 +309,9 @@ def export_run(
         staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=out))
         staging.rmdir()
         try:
-            write_size(model, d, staging, dataset.item_ids, run_metrics, source)
-            parity = check_parity(model, d, staging, inputs, full_emb)
+            small = model.slice(d).eval()
+            write_size(small, staging, dataset.item_ids, run_metrics, source)
+            parity = check_parity(model, small, staging, inputs, full_emb)
             entries[str(d)] = finalize_size(staging, parity, final)
         finally:
             if staging.exists():

@@ -14,6 +14,10 @@ chunk inside the forward pass (a custom autograd function): the logits of a chun
 before the next is built, so memory is bounded by one chunk, never M x P x (N+1).
 With G_m = dLoss/dlogits_m, the gradient of chunk c is R_c = sum_{m >= c} G_m (a reverse
 cumulative sum), dh[:, c] = R_c E[:, c] and dE[:, c] = R_c^T h[:, c]: again one GEMM's FLOPs each.
+
+Training objective: :class:`FullSoftmaxLoss` (``configs/loss/full_softmax.yaml``) returns the loss
+SUMMED over the target positions of the (local) batch; the trainer divides by the global target
+count (see ``recsys/losses/__init__.py``).
 """
 
 from __future__ import annotations
@@ -170,3 +174,57 @@ def matryoshka_cross_entropy(
         / hidden.shape[0]
     )
     return (weights.to(per_size.dtype) * per_size).sum(), per_size
+
+
+def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:
+    """(n,) item ids -> (n, D) projected embeddings through the (possibly sharded) tables; id 0 -> 0.
+
+    Same numbers as ``model.item_embeddings()`` for ``ids = model.item_ids``. Frozen feature rows
+    are detached: with torchrec's fused (optimiser-in-backward) kernels of sharded tables, no
+    gradient may reach a frozen table.
+    """
+    features, id_emb = model.tables(ids)
+    if features is not None and not model.config.trainable_features:
+        features = features.detach()
+    emb = model.projector(features, id_emb)
+    return emb * (ids != 0)[:, None].to(emb.dtype)
+
+
+def full_softmax_sum(
+    model, seq: torch.Tensor, targets: torch.Tensor, size_weights: Sequence[float] | None
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """seq (B, L), targets (B, L) (0 = ignored) -> (total_sum, per_size_sum (M,) detached, count).
+
+    The full-catalog Matryoshka CE summed over the ``count`` target positions; every catalog item is
+    looked up through ``model.tables`` (sharded tables: the KJT all-to-all gathers the rows).
+    """
+    item_emb = embed_ids(model, model.item_ids)  # (N+1, D)
+    hidden = model.encode(seq, item_emb)  # (B, L, D)
+    keep = targets != 0
+    count = int(keep.sum())
+    if count == 0:  # this rank's shard has no target: zero loss that still touches every parameter
+        zero = hidden.sum() * 0.0 + item_emb.sum() * 0.0
+        return zero, torch.zeros(len(model.ladder)), 0
+    total, per_size = matryoshka_cross_entropy(
+        hidden[keep], targets[keep], item_emb, model.ladder, size_weights, model.config.loss_budget_bytes
+    )
+    return total * count, per_size * count, count
+
+
+class FullSoftmaxLoss:
+    """``loss=full_softmax``: the Matryoshka cross-entropy over the whole catalog at every size.
+
+    ``loss(model, seq (B, L), targets (B, L), step_seed) -> (total_sum, per_size_sum (M,), count)``;
+    ``step_seed`` is unused (the loss draws nothing). ``size_weights``: one per trained size, None = equal.
+    """
+
+    def __init__(self, size_weights: Sequence[float] | None = None) -> None:
+        self.size_weights = list(size_weights) if size_weights is not None else None
+
+    def prepare(self, train_targets: torch.Tensor, num_items: int) -> None:
+        """Nothing to learn from the training data."""
+
+    def __call__(
+        self, model, seq: torch.Tensor, targets: torch.Tensor, step_seed: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return full_softmax_sum(model, seq, targets, self.size_weights)

@@ -1,40 +1,33 @@
-"""Training losses as *sums* over positions, shared by single-process and distributed training.
+"""Sampled Matryoshka softmax (``loss=sampled_softmax``), for catalogs too large for a full softmax.
 
-Both losses return ``(total_sum, per_size_sum, count)``: the weighted Matryoshka loss summed over
-the target positions of the (local) batch, the per-size sums (detached) and the number of
-positions. The trainer divides by the GLOBAL count of target positions of the global batch, so
-that the union of the ranks' shards gives the single-process loss and gradients exactly.
+Candidates = the UNIQUE items among the batch's positive items and ``num_negatives`` negatives
+drawn from a sampling distribution q (uniform or training popularity), shared by every position.
+Only the items of the batch (inputs, targets, negatives) are looked up through the tables. Logits
+at every size are built fused (per-chunk partial scores + cumsum,
+:func:`recsys.losses.matryoshka.all_size_logits`) and logQ-corrected. Like every training loss
+(``recsys/losses/__init__.py``) it returns the loss SUMMED over the batch's target positions.
 
-* ``full_softmax``: the fused full-catalog Matryoshka cross-entropy of ``recsys.losses.matryoshka``; every
-  catalog item is looked up through ``model.tables`` (sharded tables: the KJT all-to-all gathers
-  the rows) and projected.
-* ``sampled_softmax``: candidates = the UNIQUE items among the batch's positive items and
-  ``num_negatives`` negatives drawn from a sampling distribution q (uniform or training
-  popularity), shared by every position. Only the items of the batch (inputs, targets,
-  negatives) are looked up through the tables. Logits at every size are built fused (per-chunk
-  partial scores + cumsum, :func:`recsys.losses.matryoshka.all_size_logits`) and logQ-corrected.
+Correction (see :func:`log_inclusion_probability`). Model of the candidate process: the P
+target positions of the batch draw their targets i.i.d. from the popularity ``pop`` and the K
+negatives are drawn i.i.d. from q; the candidate set S is the union, each item at most once.
+For row p (target t_p), an item j != t_p is in S iff one of the P - 1 OTHER positions or one
+of the K negatives drew it, with probability
 
-  Correction (see :func:`log_inclusion_probability`). Model of the candidate process: the P
-  target positions of the batch draw their targets i.i.d. from the popularity ``pop`` and the K
-  negatives are drawn i.i.d. from q; the candidate set S is the union, each item at most once.
-  For row p (target t_p), an item j != t_p is in S iff one of the P - 1 OTHER positions or one
-  of the K negatives drew it, with probability
+    pi(j) = 1 - (1 - pop(j))^(P-1) (1 - q(j))^K     (computed as -expm1(sum of log1p)),
 
-      pi(j) = 1 - (1 - pop(j))^(P-1) (1 - q(j))^K     (computed as -expm1(sum of log1p)),
-
-  the same for every row. Row p's logit of candidate j becomes ``s(p, j) - log pi(j)`` for
-  j != t_p, and its target logit ``s(p, t_p)`` is NOT corrected: t_p is in S with probability 1
-  given row p. Then ``exp(s_t) + sum_{j in S, j != t} exp(s_j) / pi(j)`` is the Horvitz-Thompson
-  (unbiased) estimate of the full partition function, so the loss and its gradients are
-  consistent estimates of the full softmax's (Bengio & Senecal 2008; Blanc & Rendle 2018; the
-  inclusion-probability form is TF's ``*_candidate_sampler(unique=True)`` expected counts, and
-  the in-batch form of Yi et al., RecSys 2019). Correcting by the expected number of draws
-  ``P pop(j) + K q(j)`` instead (right only for a multiset that keeps duplicates) over-corrects
-  popular items, up to ~log(15) nats, since a unique candidate appears once. Correcting the
-  target by its own log pi would multiply its weight in the partition function by 1/pi(t) > 1,
-  shrinking the loss and gradient of rows with rare targets. Since S is unique, the target
-  appears once in each row's softmax and is never also one of its own negatives, even when it
-  was sampled as a negative or is another position's target.
+the same for every row. Row p's logit of candidate j becomes ``s(p, j) - log pi(j)`` for
+j != t_p, and its target logit ``s(p, t_p)`` is NOT corrected: t_p is in S with probability 1
+given row p. Then ``exp(s_t) + sum_{j in S, j != t} exp(s_j) / pi(j)`` is the Horvitz-Thompson
+(unbiased) estimate of the full partition function, so the loss and its gradients are
+consistent estimates of the full softmax's (Bengio & Senecal 2008; Blanc & Rendle 2018; the
+inclusion-probability form is TF's ``*_candidate_sampler(unique=True)`` expected counts, and
+the in-batch form of Yi et al., RecSys 2019). Correcting by the expected number of draws
+``P pop(j) + K q(j)`` instead (right only for a multiset that keeps duplicates) over-corrects
+popular items, up to ~log(15) nats, since a unique candidate appears once. Correcting the
+target by its own log pi would multiply its weight in the partition function by 1/pi(t) > 1,
+shrinking the loss and gradient of rows with rare targets. Since S is unique, the target
+appears once in each row's softmax and is never also one of its own negatives, even when it
+was sampled as a negative or is another position's target.
 """
 
 from __future__ import annotations
@@ -43,7 +36,7 @@ from collections.abc import Sequence
 
 import torch
 
-from recsys.losses.matryoshka import all_size_logits, matryoshka_cross_entropy, size_weights_tensor
+from recsys.losses.matryoshka import all_size_logits, embed_ids, size_weights_tensor
 
 KNOWN_SAMPLERS = ("uniform", "popularity")
 
@@ -65,22 +58,12 @@ def sample_negatives(
     return torch.multinomial(probs.float(), num_negatives, replacement=True, generator=generator)
 
 
-def log_expected_count(
-    candidates: torch.Tensor, num_positions: int, num_negatives: int, popularity: torch.Tensor, q: torch.Tensor | None
-) -> torch.Tensor:
-    """candidates (C,) ids -> (C,) float64 log(P * pop(i) + K * q(i)) (q None = uniform 1/N).
-
-    The expected number of occurrences of each item in the candidate MULTISET (duplicates kept).
-    Not the correction of :func:`sampled_softmax_sum`, whose candidates are unique: see
-    :func:`log_inclusion_probability`.
-    """
-    num_items = popularity.shape[0] - 1
-    q_c = torch.full(candidates.shape, 1.0 / num_items, dtype=torch.float64) if q is None else q[candidates]
-    return torch.log(num_positions * popularity[candidates] + num_negatives * q_c)
-
-
 def log_inclusion_probability(
-    candidates: torch.Tensor, num_positives: int, num_negatives: int, popularity: torch.Tensor, q: torch.Tensor | None
+    candidates: torch.Tensor,
+    num_positives: int,
+    num_negatives: int,
+    popularity: torch.Tensor,
+    q: torch.Tensor | None,
 ) -> torch.Tensor:
     """candidates (C,) ids in 1..N -> (C,) float64 log pi(i) <= 0, pi(i) = 1 - (1-pop(i))^P' (1-q(i))^K.
 
@@ -131,37 +114,16 @@ def sampled_matryoshka_ce_sum(
     return (weights * per_size).sum(), per_size.detach()
 
 
-def full_softmax_sum(model, seq, targets, size_weights):
-    """Full-catalog Matryoshka CE summed over positions: (total_sum, per_size_sum, count)."""
-    item_emb = embed_ids(model, model.item_ids)
-    hidden = model.encode(seq, item_emb)
-    keep = targets != 0
-    count = int(keep.sum())
-    if count == 0:  # this rank's shard has no target: zero loss that still touches every parameter
-        zero = hidden.sum() * 0.0 + item_emb.sum() * 0.0
-        return zero, torch.zeros(len(model.ladder)), 0
-    total, per_size = matryoshka_cross_entropy(
-        hidden[keep], targets[keep], item_emb, model.ladder, size_weights, model.config.loss_budget_bytes
-    )
-    return total * count, per_size * count, count
-
-
-def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:
-    """(n,) item ids -> (n, D) projected embeddings through the (possibly sharded) tables; id 0 -> 0.
-
-    Same numbers as ``model.item_embeddings()`` for ``ids = model.item_ids``. Frozen feature rows
-    are detached: with torchrec's fused (optimiser-in-backward) kernels of sharded tables, no
-    gradient may reach a frozen table.
-    """
-    features, id_emb = model.tables(ids)
-    if features is not None and not model.config.trainable_features:
-        features = features.detach()
-    emb = model.projector(features, id_emb)
-    return emb * (ids != 0)[:, None].to(emb.dtype)
-
-
-def sampled_softmax_sum(model, seq, targets, size_weights, negatives, popularity, q=None):
-    """Sampled Matryoshka CE summed over positions: (total_sum, per_size_sum, count).
+def sampled_softmax_sum(
+    model,
+    seq: torch.Tensor,
+    targets: torch.Tensor,
+    size_weights: Sequence[float] | None,
+    negatives: torch.Tensor,
+    popularity: torch.Tensor,
+    q: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """seq (B, L), targets (B, L) (0 = ignored) -> (total_sum, per_size_sum (M,) detached, count).
 
     ``negatives`` (K,) sampled ids; ``popularity`` (N+1,) target probabilities; ``q`` the
     negatives' sampling distribution (None = uniform).
@@ -190,3 +152,36 @@ def sampled_softmax_sum(model, seq, targets, size_weights, negatives, popularity
         target_log_q=torch.zeros(count, device=device),  # the row's own target: in S surely
     )
     return total, per_size, count
+
+
+class SampledSoftmaxLoss:
+    """``loss=sampled_softmax``: :func:`sampled_softmax_sum` with ``num_negatives`` negatives per step.
+
+    ``loss(model, seq (B, L), targets (B, L), step_seed) -> (total_sum, per_size_sum (M,), count)``;
+    the negatives are drawn from a generator seeded with ``step_seed`` (the trainer derives it from
+    the run's seed, the step and the rank: resumable, distinct per rank). ``sampler``: ``uniform``
+    or ``popularity`` (training-target frequency, also the in-batch model of the correction).
+    :meth:`prepare` must be called with the training targets before the first step. The values
+    are checked by ``recsys.config.validate`` (``loss.num_negatives``, ``loss.sampler``).
+    """
+
+    def __init__(
+        self, size_weights: Sequence[float] | None = None, num_negatives: int = 256, sampler: str = "uniform"
+    ) -> None:
+        self.size_weights = list(size_weights) if size_weights is not None else None
+        self.num_negatives, self.sampler = int(num_negatives), sampler
+        self.popularity: torch.Tensor | None = None
+
+    def prepare(self, train_targets: torch.Tensor, num_items: int) -> None:
+        """train_targets (W, L) next-item ids (0 = padding) -> the (N+1,) target popularity."""
+        self.popularity = item_popularity(train_targets, num_items)
+
+    def __call__(
+        self, model, seq: torch.Tensor, targets: torch.Tensor, step_seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, int]:
+        if self.popularity is None:
+            raise RuntimeError("SampledSoftmaxLoss.prepare(train_targets, num_items) was not called")
+        q = self.popularity if self.sampler == "popularity" else None
+        generator = torch.Generator().manual_seed(step_seed)
+        negatives = sample_negatives(self.num_negatives, model.num_items, generator, q)
+        return sampled_softmax_sum(model, seq, targets, self.size_weights, negatives, self.popularity, q)

@@ -18,12 +18,40 @@ b = 0: they never change the state, wherever they are.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from recsys.nn.backbone import Backbone, register_backbone
+from recsys.nn.backbone import Backbone, BackboneConfig, is_int, is_real, register_backbone
 from recsys.nn.nested import NestedGatedFFN, NestedLayerNorm, NestedLinear
+
+
+@dataclass
+class LRUConfig(BackboneConfig):
+    """LRU backbone: ``num_blocks`` blocks of (LRU, nested gated FFN); eigenvalues start in a ring.
+
+    Example::
+
+        >>> backbone = LRUConfig(ladder=(4, 8), max_len=10, num_blocks=1).build()
+        >>> backbone(torch.randn(2, 10, 8), torch.ones(2, 10, dtype=torch.bool)).shape
+        torch.Size([2, 10, 8])
+    """
+
+    name: ClassVar[str] = "lru"
+    ffn_multiplier: int = 4  # hidden width of the nested gated FFN = k * D
+    r_min: float = 0.0  # ring init radii of |lambda|, as in LRURec
+    r_max: float = 0.1
+
+    def checks(self) -> dict[str, bool]:
+        radii = is_real(self.r_min) and is_real(self.r_max)
+        return {
+            **super().checks(),
+            "ffn_multiplier": is_int(self.ffn_multiplier) and self.ffn_multiplier >= 1,
+            "r_min": radii and 0.0 <= self.r_min < self.r_max,
+            "r_max": radii and self.r_max < 1.0,
+        }
 
 
 def _doubling_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -129,24 +157,25 @@ class LRUBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, L, D)."""
         x = x + self.dropout(self.lru(self.norm1(x), pad_mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
-@register_backbone("lru")
+@register_backbone(LRUConfig)
 class LRUBackbone(Backbone):
     """``num_blocks`` LRU blocks then a final NestedLayerNorm. (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, config):
+    def __init__(self, config: LRUConfig):
         super().__init__(config)
-        ladder = tuple(config.ladder)
         self.blocks = nn.ModuleList(
-            LRUBlock(ladder, config.ffn_multiplier, config.dropout, config.lru_r_min, config.lru_r_max)
+            LRUBlock(config.ladder, config.ffn_multiplier, config.dropout, config.r_min, config.r_max)
             for _ in range(config.num_blocks)
         )
-        self.norm = NestedLayerNorm(ladder)
+        self.norm = NestedLayerNorm(config.ladder)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
         for block in self.blocks:
             x = block(x, pad_mask)
         return self.norm(x)

@@ -35,17 +35,51 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.nn.backbone import Backbone, register_backbone
+from recsys.nn.backbone import Backbone, BackboneConfig, is_int, register_backbone
 from recsys.nn.lru import linear_scan
 from recsys.nn.nested import NestedGatedFFN, NestedLayerNorm, NestedLinear
 
 #: elements of one (B, L, chunk, N) scan tensor on the CPU path (fp32: 64 MiB)
 SCAN_CHUNK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class MambaConfig(BackboneConfig):
+    """Mamba backbone: ``num_blocks`` blocks of (nested Mamba mixer, optionally a nested gated FFN).
+
+    Example::
+
+        >>> backbone = MambaConfig(ladder=(4, 8), max_len=10, num_blocks=1).build()
+        >>> backbone(torch.randn(2, 10, 8), torch.ones(2, 10, dtype=torch.bool)).shape
+        torch.Size([2, 10, 8])
+    """
+
+    name: ClassVar[str] = "mamba"
+    ffn_multiplier: int = 4  # hidden width of the FFN = k * D (with ffn only)
+    d_state: int = 16  # SSM state size N per channel
+    d_conv: int = 4  # causal depthwise conv kernel
+    expand: int = 2  # inner width = expand * D
+    dt_rank: int = 0  # low-rank dt; 0 = auto, ceil(s_1 / 16) (x_proj reads the smallest slice)
+    ffn: bool = False  # add the nested gated FFN after each Mamba mixer
+
+    def checks(self) -> dict[str, bool]:
+        positive = {
+            k: is_int(getattr(self, k)) and getattr(self, k) >= 1
+            for k in ("ffn_multiplier", "d_state", "d_conv", "expand")
+        }
+        return {
+            **super().checks(),
+            **positive,
+            "dt_rank": is_int(self.dt_rank) and self.dt_rank >= 0,
+            "ffn": isinstance(self.ffn, bool),
+        }
 
 
 def auto_dt_rank(ladder: tuple[int, ...], dt_rank: int = 0) -> int:
@@ -142,7 +176,9 @@ class CausalDepthwiseConv(nn.Module):
         if kernels is not None and kernels[1] is not None:
             y = kernels[1](x.transpose(1, 2).contiguous(), self.weight[:, 0], self.bias, activation="silu")
             return y.transpose(1, 2)
-        y = F.conv1d(F.pad(x.transpose(1, 2), (self.kernel - 1, 0)), self.weight, self.bias, groups=x.shape[-1])
+        y = F.conv1d(
+            F.pad(x.transpose(1, 2), (self.kernel - 1, 0)), self.weight, self.bias, groups=x.shape[-1]
+        )
         return F.silu(y.transpose(1, 2))
 
     def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
@@ -188,11 +224,15 @@ class NestedMamba(nn.Module):
         self.x_proj = SelectionProjection(expand * ladder[0], self.dt_rank + 2 * d_state)
         self.dt_proj = nn.Linear(self.dt_rank, inner)  # row-sliced in sliced_state
         bound = self.dt_rank**-0.5
-        dt = torch.exp(torch.rand(inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp_min(1e-4)
+        dt = torch.exp(
+            torch.rand(inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        ).clamp_min(1e-4)
         with torch.no_grad():
             self.dt_proj.weight.uniform_(-bound, bound)
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(inner, 1))
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(inner, 1)
+        )
         self.D = nn.Parameter(torch.ones(inner))
         self.out_proj = NestedLinear(ladder, k_in=expand, k_out=1, bias=False)
 
@@ -218,39 +258,39 @@ class NestedMamba(nn.Module):
 
 
 class MambaBlock(nn.Module):
-    """Pre-norm residual: x + Drop(Mamba(LN(x))), then optionally x + Drop(FFN(LN(x)))."""
+    """Pre-norm residual: x + Drop(Mamba(LN(x))), then optionally x + Drop(FFN(LN(x))). (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, config):
+    def __init__(self, config: MambaConfig):
         super().__init__()
-        ladder = tuple(config.ladder)
+        ladder = config.ladder
         self.norm1 = NestedLayerNorm(ladder)
-        self.mixer = NestedMamba(
-            ladder, config.mamba_d_state, config.mamba_d_conv, config.mamba_expand, config.mamba_dt_rank
-        )
+        self.mixer = NestedMamba(ladder, config.d_state, config.d_conv, config.expand, config.dt_rank)
         self.dropout = nn.Dropout(config.dropout)
-        if config.mamba_ffn:
+        if config.ffn:
             self.norm2 = NestedLayerNorm(ladder)
             self.ffn = NestedGatedFFN(ladder, config.ffn_multiplier, config.dropout)
         else:
             self.norm2 = self.ffn = None
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, L, D)."""
         x = x + self.dropout(self.mixer(self.norm1(x), pad_mask))
         if self.ffn is not None:
             x = x + self.dropout(self.ffn(self.norm2(x)))
         return x
 
 
-@register_backbone("mamba")
+@register_backbone(MambaConfig)
 class MambaBackbone(Backbone):
     """``num_blocks`` nested Mamba blocks then a final NestedLayerNorm. (B, L, D) -> (B, L, D)."""
 
-    def __init__(self, config):
+    def __init__(self, config: MambaConfig):
         super().__init__(config)
         self.blocks = nn.ModuleList(MambaBlock(config) for _ in range(config.num_blocks))
-        self.norm = NestedLayerNorm(tuple(config.ladder))
+        self.norm = NestedLayerNorm(config.ladder)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
         for block in self.blocks:
             x = block(x, pad_mask)
         return self.norm(x)

@@ -13,23 +13,46 @@ Padding rows are zeroed at the input and never read by a real query.
 Nesting: **only the output is nested (MRL-style)**. The weights are ordinary dense weights, so
 there is no standalone width-d SASRec: the score at size d is ``h[:, :d] . E[:, :d]^T`` from
 the full-width network (the Matryoshka loss trains every prefix of h and of E). Consequently
-``MatryoshkaRecModel.slice(d)`` and ``Backbone.slice(d)`` (``nested = False``) keep the
-full-width weights and set ``config.output_size = d``: ``forward`` then returns ``h[..., :d]``.
-A size-d export holds the full-width backbone, the full-width input item embeddings and the
-(N+1, d) catalog. ``sliced_state`` (the nested-weights walker) raises ``SlicingNotSupported``.
+``Backbone.slice(d)`` (``nested = False``) keeps every weight and cuts the output to ``[:d]``
+(``TruncatedBackbone``, recsys/nn/backbone.py), and a sliced model's item embeddings keep the
+full width D that the backbone reads.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys.nn.backbone import Backbone, register_backbone
+from recsys.nn.backbone import Backbone, BackboneConfig, is_int, register_backbone
 
 
-class SlicingNotSupported(NotImplementedError):
-    """Raised when a standalone width-d model is asked of a backbone whose weights are not nested."""
+@dataclass
+class SASRecConfig(BackboneConfig):
+    """SASRec backbone: ``num_blocks`` causal self-attention blocks, ``heads`` heads (must divide D).
+
+    Example::
+
+        >>> backbone = SASRecConfig(ladder=(4, 8), max_len=10, num_blocks=1, heads=2).build()
+        >>> backbone(torch.randn(2, 10, 8), torch.ones(2, 10, dtype=torch.bool)).shape
+        torch.Size([2, 10, 8])
+    """
+
+    name: ClassVar[str] = "sasrec"
+    dropout: float = 0.2
+    ffn_multiplier: int = 4  # FFN hidden width = k * D
+    heads: int = 1
+
+    def checks(self) -> dict[str, bool]:
+        heads = is_int(self.heads) and self.heads >= 1
+        return {
+            **super().checks(),
+            "ffn_multiplier": is_int(self.ffn_multiplier) and self.ffn_multiplier >= 1,
+            "heads": heads and (self.ladder is None or self.ladder[-1] % self.heads == 0),
+        }
 
 
 class SASRecBlock(nn.Module):
@@ -59,30 +82,26 @@ class SASRecBlock(nn.Module):
         return x + self.dropout(self.ffn(self.norm2(x)))
 
 
-@register_backbone("sasrec")
+@register_backbone(SASRecConfig)
 class SASRecBackbone(Backbone):
-    """Causal Transformer encoder (B, L, D) -> (B, L, D), or (B, L, output_size) when set;
-    weights not nested (see module docstring)."""
+    """Causal Transformer encoder (B, L, D) -> (B, L, D); weights not nested (see module docstring)."""
 
     nested = False
 
-    def __init__(self, config):
+    def __init__(self, config: SASRecConfig):
         super().__init__(config)
-        width = config.ladder[-1]
-        if width % config.sasrec_heads:
-            raise ValueError(f"width {width} is not divisible by sasrec_heads={config.sasrec_heads}")
+        width = config.width
         self.positions = nn.Embedding(config.max_len, width)
         nn.init.normal_(self.positions.weight, std=0.02)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(
-            SASRecBlock(width, config.sasrec_heads, config.ffn_multiplier, config.dropout)
+            SASRecBlock(width, config.heads, config.ffn_multiplier, config.dropout)
             for _ in range(config.num_blocks)
         )
         self.norm = nn.LayerNorm(width)
-        self.output_size = int(getattr(config, "output_size", 0) or 0)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D) (or (B, L, output_size))."""
+        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
         length = x.shape[1]
         if length > self.positions.num_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_len={self.positions.num_embeddings}")
@@ -94,13 +113,4 @@ class SASRecBackbone(Backbone):
         allowed = ((causal & pad_mask[:, None, :]) | eye)[:, None]  # (B, 1, L, L)
         for block in self.blocks:
             x = block(x, allowed)
-        h = self.norm(x)
-        return h[..., : self.output_size] if self.output_size else h
-
-    def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
-        raise SlicingNotSupported(
-            "SASRec's weights are not nested (MRL-style baseline: only the output representation and the "
-            f"item embeddings are truncated), so there is no standalone width-{d} model. The size-{d} scores "
-            "are model.score(seq)[ladder.index(d)], i.e. h[:, :d] . E[:, :d]^T of the full-width network; "
-            "model.slice(d) keeps the full-width weights and truncates the output (config.output_size)."
-        )
+        return self.norm(x)

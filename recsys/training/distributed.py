@@ -1,6 +1,6 @@
 """Multi-process training: torchrun env detection, sharded item tables (torchrec DMP), dense DDP.
 
-Layout of one distributed job (``torchrun --nproc_per_node=N -m recsys.training.trainer ...``):
+Layout of one distributed job (``torchrun --nproc_per_node=N -m recsys.training.cli ...``):
 
 * process group: NCCL on CUDA (one GPU per ``LOCAL_RANK``), gloo on CPU;
 * ``model.tables`` (the frozen modality EmbeddingBagCollection and the optional trainable nested
@@ -148,9 +148,7 @@ def sharding_constraints(model: nn.Module, sharding: str) -> dict[str, Any]:
     if sharding not in SHARDING_TYPES:
         raise ValueError(f"trainer.sharding='{sharding}' must be one of {SHARDING_TYPES}")
     kinds = None if sharding == "auto" else [sharding]
-    return {
-        name: ParameterConstraints(sharding_types=kinds) for name in table_names(model)
-    }
+    return {name: ParameterConstraints(sharding_types=kinds) for name in table_names(model)}
 
 
 def use_dense_kernels(plan: Any) -> None:
@@ -225,7 +223,9 @@ def shard_model(
     sharder = _sharder()
     pg = dist.group.WORLD
     planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=env.world_size, compute_device=env.device.type, local_world_size=_local_world()),
+        topology=Topology(
+            world_size=env.world_size, compute_device=env.device.type, local_world_size=_local_world()
+        ),
         constraints=sharding_constraints(model, sharding),
     )
     wrapper = LossModule(model, loss_fn)
@@ -234,7 +234,11 @@ def shard_model(
     use_dense_kernels(plan)
     comm_ops.set_gradient_division(False)  # sum, not mean, over ranks (the loss is globally normalised)
     dmp = DistributedModelParallel(
-        module=wrapper, env=ShardingEnv.from_process_group(pg), device=env.device, plan=plan, sharders=[sharder]
+        module=wrapper,
+        env=ShardingEnv.from_process_group(pg),
+        device=env.device,
+        plan=plan,
+        sharders=[sharder],
     )
     for ddp in _ddp_modules(dmp):  # the dense part and data_parallel tables' lookups: SUM, not mean
         ddp.register_comm_hook(pg, sum_allreduce_hook)
@@ -245,8 +249,10 @@ def shard_model(
     kinds = plan_summary(plan)
     params = [named[n] for n in trainable if named[n].numel() > 0]  # frozen tables stay out
     sharded = [  # table shards (model.tables.<ebc>.embedding_bags.<table>.weight), not data_parallel copies
-        named[n] for n in trainable
-        if n.startswith("model.tables.") and named[n].numel() > 0
+        named[n]
+        for n in trainable
+        if n.startswith("model.tables.")
+        and named[n].numel() > 0
         and kinds.get(n.split(".")[-2], "data_parallel") != "data_parallel"
     ]
     return ShardedModel(dmp, plan, params, sharded)
@@ -295,13 +301,16 @@ def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
             if _is_sharded(target):
                 for shard in target.local_shards():
                     idx = tuple(
-                        slice(o, o + s) for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
+                        slice(o, o + s)
+                        for o, s in zip(shard.metadata.shard_offsets, shard.metadata.shard_sizes)
                     )
                     shard.tensor.copy_(src[idx])
             elif hasattr(target, "to_local"):  # DTensor
                 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-                shape, offset = compute_local_shape_and_global_offset(src.shape, target.device_mesh, target.placements)
+                shape, offset = compute_local_shape_and_global_offset(
+                    src.shape, target.device_mesh, target.placements
+                )
                 idx = tuple(slice(o, o + s) for o, s in zip(offset, shape))
                 target.to_local().copy_(src[idx])
             else:
@@ -323,7 +332,9 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         start = 0
         for modality in tables.modalities:
             dim = model.feature_dims[modality]
-            state[f"tables.features.embedding_bags.{modality}_table.weight"] = features[:, start : start + dim].cpu()
+            state[f"tables.features.embedding_bags.{modality}_table.weight"] = features[
+                :, start : start + dim
+            ].cpu()
             start += dim
     if id_emb is not None:
         state["tables.ids.embedding_bags.item_id_table.weight"] = id_emb.cpu()
@@ -340,7 +351,10 @@ def clip_grad_norm_global(
     shards' squared norms are summed over ranks: the norm single-process ``clip_grad_norm_``
     computes over ``model.parameters()``. Scales every gradient by ``max_norm / (norm + 1e-6)``
     when that is < 1, like torch. Returns the norm (a float32 scalar tensor, NaN/inf propagate).
+    In one process this is ``torch.nn.utils.clip_grad_norm_(params, max_norm)`` itself.
     """
+    if not env.enabled:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
     sharded_ids = {id(p) for p in sharded}
     sq = torch.zeros(2, dtype=torch.float64)  # [replicated, sharded] sums of squares
     grads = []
@@ -349,10 +363,9 @@ def clip_grad_norm_global(
             continue
         grads.append(p.grad)
         sq[int(id(p) in sharded_ids)] += p.grad.detach().double().pow(2).sum().cpu()
-    if env.enabled:
-        shard_sq = sq[1:].to(env.device, copy=True)
-        dist.all_reduce(shard_sq)
-        sq[1] = shard_sq.cpu()[0]
+    shard_sq = sq[1:].to(env.device, copy=True)
+    dist.all_reduce(shard_sq)
+    sq[1] = shard_sq.cpu()[0]
     total = sq.sum().sqrt().float()
     coef = max_norm / (float(total) + 1e-6)
     if coef < 1.0:

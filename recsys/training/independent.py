@@ -18,9 +18,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from data_prep.io import write_json_atomic
-from recsys.config import effective_ladder
+from recsys.builders import build_dataset
+from recsys.config import effective_ladder, validate
 from recsys.data import SequenceDataset
 from recsys.evaluation.reporting import format_table, jsonable_metrics, save_metrics_plot
+from recsys.training.runner import run
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,11 @@ def size_config(cfg: DictConfig, d: int) -> DictConfig:
     return sub
 
 
-def run_independent(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> dict[str, Any]:
+def run_independent(
+    cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None
+) -> dict[str, Any]:
     """Train one model per size into ``run_dir/dNNNN/``; write and return the combined metrics."""
-    from recsys.builders import build_dataset
-    from recsys.training.trainer import run
-
+    validate(cfg)  # before anything is written (each size's run validates its own config again)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -70,6 +72,8 @@ def run_independent(cfg: DictConfig, run_dir: str | Path, dataset: SequenceDatas
     }
     write_json_atomic(run_dir / "metrics.json", metrics)
     if test:
-        save_metrics_plot(test, run_dir / "metrics_vs_size.png", f"test metrics vs size ({cfg.name}, independent)")
+        save_metrics_plot(
+            test, run_dir / "metrics_vs_size.png", f"test metrics vs size ({cfg.name}, independent)"
+        )
         print(format_table(test, title="test metrics per size (independent models)"))
     return {"metrics": metrics, "validation": validation, "test": test, "run_dir": run_dir}

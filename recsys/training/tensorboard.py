@@ -31,7 +31,9 @@ class TensorBoardLogger:
         layout["training"]["loss per size"] = ["Multiline", [r"train/loss/d\d+"]]
         self.writer.add_custom_scalars(layout)
 
-    def log_train(self, step: int, loss: float, per_size: Sequence[float], lr: float, throughput: float) -> None:
+    def log_train(
+        self, step: int, loss: float, per_size: Sequence[float], lr: float, throughput: float
+    ) -> None:
         self.writer.add_scalar("train/loss_total", loss, step)
         for size, value in zip(self.sizes, per_size):
             self.writer.add_scalar(size_tag("train", "loss", size), value, step)
@@ -43,7 +45,9 @@ class TensorBoardLogger:
         for size, metrics in results.items():
             for name, value in metrics.items():
                 self.writer.add_scalar(size_tag(prefix, name, size), value, step)
-        self.writer.add_figure(f"{prefix}/metrics_vs_size", metrics_vs_size_figure(results, f"{split} @ step {step}"), step)
+        self.writer.add_figure(
+            f"{prefix}/metrics_vs_size", metrics_vs_size_figure(results, f"{split} @ step {step}"), step
+        )
 
     def log_hparams(self, hparams: dict[str, Any], final: dict[str, float]) -> None:
         clean = {k: (v if isinstance(v, int | float | str | bool) else str(v)) for k, v in hparams.items()}
@@ -52,3 +56,10 @@ class TensorBoardLogger:
     def close(self) -> None:
         self.writer.flush()
         self.writer.close()
+
+
+class NullLogger:
+    """Stands in for :class:`TensorBoardLogger` on ranks other than 0: every call does nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None

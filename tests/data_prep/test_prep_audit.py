@@ -75,16 +75,23 @@ def test_csv_strict_and_lenient_agree_on_good_file(tmp_path):
 
 # ----------------------------------------------------------------------------- 10. absurd timestamps
 
-BAD_TIMESTAMPS = [("-5", "timestamp out of range"), ("1e30", "timestamp out of range"),
-                  ("Infinity", "non-finite timestamp"), ("-inf", "non-finite timestamp"),
-                  ("NaN", "non-finite timestamp")]  # fmt: skip
+BAD_TIMESTAMPS = [
+    ("-5", "timestamp out of range"),
+    ("1e30", "timestamp out of range"),
+    ("Infinity", "non-finite timestamp"),
+    ("-inf", "non-finite timestamp"),
+    ("NaN", "non-finite timestamp"),
+]
 
 
 @pytest.mark.parametrize("ts,reason", BAD_TIMESTAMPS)
 def test_bad_timestamp_atomic(tmp_path, ts, reason):
     inter, item = tmp_path / "x.inter", tmp_path / "x.item"
-    inter.write_text("user_id:token\titem_id:token\ttimestamp:float\n" + "".join(f"u\t1\t{t}\n" for t in range(3))
-                     + f"u\t1\t{ts}\n")  # fmt: skip
+    inter.write_text(
+        "user_id:token\titem_id:token\ttimestamp:float\n"
+        + "".join(f"u\t1\t{t}\n" for t in range(3))
+        + f"u\t1\t{ts}\n"
+    )
     item.write_text("item_id:token\tmovie_title:token_seq\n1\tOne\n")
     with pytest.raises(DataError, match=rf"x\.inter, line 5, column 'timestamp': {reason}") as e:
         read_movielens_atomic(inter, item)
@@ -107,13 +114,20 @@ def test_bad_timestamp_generic_csv(tmp_path, ts, reason):
     assert raw.interactions.height == 1 and _reasons(raw) == {("i.csv", reason): [3]}
 
 
-@pytest.mark.parametrize("value,reason", [(-5, "timestamp out of range"), (1e30, "timestamp out of range"),
-                                          (float("inf"), "non-finite timestamp"),
-                                          (float("nan"), "non-finite timestamp")])  # fmt: skip
+@pytest.mark.parametrize(
+    "value,reason",
+    [
+        (-5, "timestamp out of range"),
+        (1e30, "timestamp out of range"),
+        (float("inf"), "non-finite timestamp"),
+        (float("nan"), "non-finite timestamp"),
+    ],
+)
 def test_bad_timestamp_parquet_and_amazon(tmp_path, value, reason):
     dtype = pl.Int64 if isinstance(value, int) else pl.Float64
-    pl.DataFrame({"user_id": ["a", "a"], "item_id": ["x", "x"], "timestamp": pl.Series([1, value], dtype=dtype)}
-                 ).write_parquet(tmp_path / "i.parquet")  # fmt: skip
+    pl.DataFrame(
+        {"user_id": ["a", "a"], "item_id": ["x", "x"], "timestamp": pl.Series([1, value], dtype=dtype)}
+    ).write_parquet(tmp_path / "i.parquet")
     pl.DataFrame({"item_id": ["x"], "title": ["X"]}).write_parquet(tmp_path / "t.parquet")
     with pytest.raises(DataError, match=rf"i\.parquet, column 'timestamp': {reason} .*\(row 2\)"):
         read_generic(tmp_path / "i.parquet", tmp_path / "t.parquet")
@@ -157,10 +171,20 @@ def test_amazon_numeric_ids_coerced(tmp_path):
     assert raw.interactions["user_id"].to_list() == ["11"] * 3
     assert raw.interactions["item_id"].to_list() == ["7"] * 3
     assert raw.items.row(0, named=True) | {"price": None, "categories": None} == {
-        "item_id": "7", "title": "1984", "brand": "3.5", "price": None, "categories": None}  # fmt: skip
+        "item_id": "7",
+        "title": "1984",
+        "brand": "3.5",
+        "price": None,
+        "categories": None,
+    }
     # mixed: a string user and a numeric one in the same file
-    rp = _jsonl(tmp_path / "r.json", [{"reviewerID": "A", "asin": 7, "unixReviewTime": 1},
-                                      {"reviewerID": 12, "asin": "7", "unixReviewTime": 2}])  # fmt: skip
+    rp = _jsonl(
+        tmp_path / "r.json",
+        [
+            {"reviewerID": "A", "asin": 7, "unixReviewTime": 1},
+            {"reviewerID": 12, "asin": "7", "unixReviewTime": 2},
+        ],
+    )
     raw = read_amazon(rp, mp)
     assert (
         raw.interactions["user_id"].to_list() == ["A", "12"]
@@ -180,8 +204,9 @@ def test_amazon_bad_review_id(tmp_path, field, value):
     assert raw.interactions.height == 2 and _reasons(raw) == {("r.json", f"bad {field}"): [3]}
 
 
-@pytest.mark.parametrize("field,value", [("asin", ["B"]), ("title", ["a", "b"]), ("title", {"en": "t"}),
-                                         ("brand", [1])])  # fmt: skip
+@pytest.mark.parametrize(
+    "field,value", [("asin", ["B"]), ("title", ["a", "b"]), ("title", {"en": "t"}), ("brand", [1])]
+)
 def test_amazon_bad_meta_shape(tmp_path, field, value):
     rp = _jsonl(tmp_path / "r.json", _reviews(3))
     mp = _jsonl(tmp_path / "m.json", [{"asin": "B", "title": "t"}, {"asin": "C", "title": "u", field: value}])
@@ -277,8 +302,13 @@ def test_amazon_image_lookup_stays_inside_folder(tmp_path):
     mp = _jsonl(tmp_path / "m.json", meta)
     raw = read_amazon(rp, mp, images=images)
     paths = dict(zip(raw.items["item_id"], raw.items["image_path"]))
-    assert paths == {"../secret": None, str(tmp_path / "abs"): None, "LINK": None,
-                     "INSIDE": str((images / "ok.jpg").resolve()), "GOOD": None}  # fmt: skip
+    assert paths == {
+        "../secret": None,
+        str(tmp_path / "abs"): None,
+        "LINK": None,
+        "INSIDE": str((images / "ok.jpg").resolve()),
+        "GOOD": None,
+    }
     assert raw.item_counts["images_outside_folder"] == 3
     assert raw.item_counts["missing_images"] == 4 and raw.item_counts["with_image"] == 1
     m = read_manifest(prepare(raw, tmp_path / "d", **ONE))
@@ -294,9 +324,19 @@ def test_generic_image_paths_stay_inside_folder(tmp_path):
     pl.DataFrame({"user_id": ["u"] * 5, "item_id": list("abcde"), "timestamp": range(5)}).write_csv(
         tmp_path / "i.csv"
     )
-    pl.DataFrame({"item_id": list("abcde"), "title": list("ABCDE"),
-                  "img": ["a.png", "../secret.png", str(tmp_path / "secret.png"), "link.png",
-                          str(images / "a.png")]}).write_csv(tmp_path / "t.csv")  # fmt: skip
+    pl.DataFrame(
+        {
+            "item_id": list("abcde"),
+            "title": list("ABCDE"),
+            "img": [
+                "a.png",
+                "../secret.png",
+                str(tmp_path / "secret.png"),
+                "link.png",
+                str(images / "a.png"),
+            ],
+        }
+    ).write_csv(tmp_path / "t.csv")
     raw = read_generic(tmp_path / "i.csv", tmp_path / "t.csv", image_col="img", image_dir=images)
     assert [p is not None for p in raw.items["image_path"]] == [True, False, False, False, True]
     assert raw.item_counts["images_outside_folder"] == 3 and raw.item_counts["missing_images"] == 3
@@ -306,10 +346,14 @@ def test_generic_image_paths_stay_inside_folder(tmp_path):
 
 
 def test_items_without_title_counted(tmp_path):
-    rp = _jsonl(tmp_path / "r.json", [{"reviewerID": "A", "asin": a, "unixReviewTime": t}
-                                      for t, a in enumerate(["B", "C", "D"])])  # fmt: skip
-    mp = _jsonl(tmp_path / "m.json", [{"asin": "B", "title": "Pen"}, {"asin": "C", "brand": "Acme"},
-                                      {"asin": "D", "title": "  "}])  # fmt: skip
+    rp = _jsonl(
+        tmp_path / "r.json",
+        [{"reviewerID": "A", "asin": a, "unixReviewTime": t} for t, a in enumerate(["B", "C", "D"])],
+    )
+    mp = _jsonl(
+        tmp_path / "m.json",
+        [{"asin": "B", "title": "Pen"}, {"asin": "C", "brand": "Acme"}, {"asin": "D", "title": "  "}],
+    )
     out = prepare(read_amazon(rp, mp), tmp_path / "d", **ONE)
     texts = dict(pl.read_parquet(out / "items.parquet").select("item_id", "text").iter_rows())
     assert texts == {"B": "Pen.", "C": "Brand: Acme.", "D": None}
@@ -320,13 +364,16 @@ def test_items_without_title_counted(tmp_path):
 # ----------------------------------------------------------------------------- absurd options
 
 
-@pytest.mark.parametrize("args,option", [
-    (["--rating-threshold", "inf"], "--rating-threshold"),
-    (["--rating-threshold", "nan"], "--rating-threshold"),
-    (["--k-core", "-1"], "--k-core"),
-    (["--k-core-users", "-3"], "--k-core-users"),
-    (["--k-core-items", "x"], "--k-core-items"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,option",
+    [
+        (["--rating-threshold", "inf"], "--rating-threshold"),
+        (["--rating-threshold", "nan"], "--rating-threshold"),
+        (["--k-core", "-1"], "--k-core"),
+        (["--k-core-users", "-3"], "--k-core-users"),
+        (["--k-core-items", "x"], "--k-core-items"),
+    ],
+)
 def test_cli_rejects_absurd_options(tmp_path, capsys, args, option):
     with pytest.raises(SystemExit) as e:
         main(["generic", "--out", str(tmp_path / "o"), "--no-features", *args])
@@ -334,9 +381,15 @@ def test_cli_rejects_absurd_options(tmp_path, capsys, args, option):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("kw,name", [({"rating_threshold": float("inf")}, "rating_threshold"),
-                                     ({"rating_threshold": float("nan")}, "rating_threshold"),
-                                     ({"k_core_users": -1}, "k_core_users"), ({"k_core_items": 2.5}, "k_core_items")])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw,name",
+    [
+        ({"rating_threshold": float("inf")}, "rating_threshold"),
+        ({"rating_threshold": float("nan")}, "rating_threshold"),
+        ({"k_core_users": -1}, "k_core_users"),
+        ({"k_core_items": 2.5}, "k_core_items"),
+    ],
+)
 def test_prepare_rejects_absurd_parameters(tmp_path, kw, name):
     rp = _jsonl(tmp_path / "r.json", _reviews(3))
     mp = _jsonl(tmp_path / "m.json", [{"asin": "B", "title": "t"}])

@@ -40,15 +40,21 @@ def test_missing_required_column_lists_found(tmp_path):
     inter, item = tmp_path / "x.inter", tmp_path / "x.item"
     inter.write_text("user_id:token\titem_id:token\trating:float\n1\t1\t3\n")
     item.write_text(ITEMS)
-    with pytest.raises(DataError, match=r"x\.inter, column 'timestamp': missing required column.*found "
-                                        r"columns: user_id, item_id, rating"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"x\.inter, column 'timestamp': missing required column.*found "
+        r"columns: user_id, item_id, rating",
+    ):
         read_movielens_atomic(inter, item)
 
 
-@pytest.mark.parametrize("col,body,line", [
-    ("timestamp", "u1\t1\t4\tyesterday\n", 2),
-    ("rating", "u1\t1\t4\t1\nu1\t2\tfive\t2\n", 3),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "col,body,line",
+    [
+        ("timestamp", "u1\t1\t4\tyesterday\n", 2),
+        ("rating", "u1\t1\t4\t1\nu1\t2\tfive\t2\n", 3),
+    ],
+)
 def test_non_numeric_names_file_line_column(tmp_path, col, body, line):
     inter, item = atomic(tmp_path, body)
     with pytest.raises(DataError, match=rf"x\.inter, line {line}, column '{col}': non-numeric {col}"):
@@ -78,7 +84,9 @@ def test_generic_csv_ragged_line_and_missing_column(tmp_path):
     with pytest.raises(DataError, match=r"i\.csv, line 3: expected 3 comma-separated fields"):
         read_generic(ip, tp)
     ip.write_text("user,item_id,timestamp\na,x,1\n")
-    with pytest.raises(DataError, match=r"i\.csv, column 'user_id': missing required column.*found columns: user"):
+    with pytest.raises(
+        DataError, match=r"i\.csv, column 'user_id': missing required column.*found columns: user"
+    ):
         read_generic(ip, tp)
 
 
@@ -87,7 +95,9 @@ def test_generic_parquet_bad_timestamp_names_row(tmp_path):
         tmp_path / "i.parquet"
     )
     pl.DataFrame({"item_id": ["x"], "title": ["X"]}).write_parquet(tmp_path / "t.parquet")
-    with pytest.raises(DataError, match=r"i\.parquet, column 'timestamp': non-numeric timestamp 'noon' \(row 2\)"):
+    with pytest.raises(
+        DataError, match=r"i\.parquet, column 'timestamp': non-numeric timestamp 'noon' \(row 2\)"
+    ):
         read_generic(tmp_path / "i.parquet", tmp_path / "t.parquet")
 
 
@@ -125,7 +135,9 @@ def test_items_without_text_counted_or_error(tmp_path):
 
 def test_missing_images_never_crash(tmp_path):
     rp, mp = tmp_path / "r.json", tmp_path / "m.json"
-    rp.write_text("".join(json.dumps({"reviewerID": "a", "asin": "b", "unixReviewTime": t}) + "\n" for t in range(3)))
+    rp.write_text(
+        "".join(json.dumps({"reviewerID": "a", "asin": "b", "unixReviewTime": t}) + "\n" for t in range(3))
+    )
     mp.write_text(json.dumps({"asin": "b", "title": "t", "imUrl": "http://nowhere/q.jpg"}) + "\n")
     (tmp_path / "imgs").mkdir()
     raw = read_amazon(rp, mp, images=tmp_path / "imgs")
@@ -134,10 +146,13 @@ def test_missing_images_never_crash(tmp_path):
     assert m["items_table"]["missing_images"] == 1 and m["modalities"] == ["text"]
 
 
-@pytest.mark.parametrize("kw,step", [
-    ({"rating_threshold": 5.0}, "rating_threshold"),
-    ({"k_core_users": 50}, "k_core"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "kw,step",
+    [
+        ({"rating_threshold": 5.0}, "rating_threshold"),
+        ({"k_core_users": 50}, "k_core"),
+    ],
+)
 def test_empty_result_names_filter(tmp_path, kw, step):
     inter, item = atomic(tmp_path, GOOD)
     with pytest.raises(DataError, match=f"no interactions left after filter '{step}'"):
@@ -169,7 +184,11 @@ def test_lenient_json_and_csv(tmp_path):
     raw = read_amazon(rp, mp, lenient=True)
     assert raw.interactions.height == 3 and raw.skipped.total == 3
     reasons = {(Path(s["file"]).name, s["reason"]): s["first_lines"] for s in raw.skipped.to_list()}
-    assert reasons == {("r.json", "bad JSON"): [2], ("r.json", "not an object"): [4], ("m.json", "bad JSON"): [2]}
+    assert reasons == {
+        ("r.json", "bad JSON"): [2],
+        ("r.json", "not an object"): [4],
+        ("m.json", "bad JSON"): [2],
+    }
 
     ip, tp = tmp_path / "i.csv", tmp_path / "t.csv"
     ip.write_text("user_id,item_id,timestamp\na,x,1\nb,x,2,extra\nc,x,3\n")

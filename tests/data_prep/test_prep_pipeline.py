@@ -15,7 +15,6 @@ from data_prep.pipeline import (
     build_sequences,
     chronological,
     k_core,
-    leave_one_out,
     prepare,
     remap_ids,
     render_texts,
@@ -36,12 +35,18 @@ def _inter(rows: list[tuple[str, str, int]], rating: list[float] | None = None) 
     return df.with_row_index("line", offset=2).with_columns(pl.col("line").cast(pl.Int64))
 
 
-def _raw(inter: pl.DataFrame, items: list[str] | None = None, titles: dict[str, str | None] | None = None,
-         tmp: Path | None = None) -> RawData:  # fmt: skip
+def _raw(
+    inter: pl.DataFrame,
+    items: list[str] | None = None,
+    titles: dict[str, str | None] | None = None,
+    tmp: Path | None = None,
+) -> RawData:
     ids = items if items is not None else sorted(set(inter["item_id"].to_list()))
     titles = titles or {}
-    it = pl.DataFrame({"item_id": ids, "title": [titles.get(i, f"Title {i}") for i in ids]},
-                      schema={"item_id": pl.String, "title": pl.String})  # fmt: skip
+    it = pl.DataFrame(
+        {"item_id": ids, "title": [titles.get(i, f"Title {i}") for i in ids]},
+        schema={"item_id": pl.String, "title": pl.String},
+    )
     src = {}
     if tmp is not None:
         (tmp / "inter.txt").write_text("x")
@@ -59,8 +64,16 @@ def test_k_core_single_pass_known_answer():
 def test_k_core_needs_several_iterations():
     # c has one event -> dropped; then u3 has one event -> dropped; then d has one event -> dropped;
     # then u4 has one -> dropped. Only the u1/u2 x a/b block is the 2-core.
-    rows = [("u1", "a", 1), ("u1", "b", 2), ("u2", "a", 3), ("u2", "b", 4),
-            ("u3", "c", 5), ("u3", "d", 6), ("u4", "d", 7), ("u4", "a", 8)]  # fmt: skip
+    rows = [
+        ("u1", "a", 1),
+        ("u1", "b", 2),
+        ("u2", "a", 3),
+        ("u2", "b", 4),
+        ("u3", "c", 5),
+        ("u3", "d", 6),
+        ("u4", "d", 7),
+        ("u4", "a", 8),
+    ]
     kept, passes = k_core(_inter(rows), 2, 2)
     assert passes >= 4
     assert kept.height == 4
@@ -104,30 +117,29 @@ def test_id_remap_round_trip(order):
         assert items["item_id"].to_list() == ["y", "x", "z"]
 
 
-def test_leave_one_out_split():
-    assert leave_one_out([1, 2, 3, 4]) == ([1, 2], 3, 4)
-    with pytest.raises(ValueError):
-        leave_one_out([1, 2])
+def test_prepared_sequences_are_chronological_and_split_without_leak(tmp_path):
+    from recsys.data import SequenceDataset  # the split production uses (leave-one-out, per layout.py)
 
-
-def test_split_from_prepared_dataset_has_no_leak(tmp_path):
     rows = [(f"u{u}", f"i{(u + t) % 6}", 100 * u + t) for u in range(6) for t in range(5)]
     out = prepare(_raw(_inter(rows)), tmp_path / "d", k_core_users=1, k_core_items=1)
     seqs = pl.read_parquet(out / layout.SEQUENCES)
-    for items, ts in zip(seqs["item_idx"].to_list(), seqs["timestamp"].to_list()):
-        assert ts == sorted(ts)
-        train, valid, test = leave_one_out(items)
-        assert test == items[-1] and valid == items[-2]
-        t_train = ts[: len(train)]
-        assert all(t <= ts[-2] for t in t_train)  # nothing from the future feeds training input
-        assert len(train) == len(items) - 2
+    dataset = SequenceDataset(out, max_len=10)
+    validation, test = dataset.split("validation"), dataset.split("test")
+    for u, (items, ts) in enumerate(zip(seqs["item_idx"].to_list(), seqs["timestamp"].to_list())):
+        assert ts == sorted(ts)  # nothing from the future feeds an earlier position
+        assert int(test.targets[u]) == items[-1] and int(validation.targets[u]) == items[-2]
+        assert [i for i in test.inputs[u].tolist() if i] == items[:-1][-10:]
+        assert [i for i in validation.inputs[u].tolist() if i] == items[:-2][-10:]
 
 
 def test_render_texts_collapses_missing_fields():
     items = pl.DataFrame(
-        {"title": ["Toy Story", None, None, "X"], "year": ["1995", "1995", None, None],
-         "genres": ["Animation", None, None, ""]},
-    )  # fmt: skip
+        {
+            "title": ["Toy Story", None, None, "X"],
+            "year": ["1995", "1995", None, None],
+            "genres": ["Animation", None, None, ""],
+        },
+    )
     texts = render_texts(items, "{title} ({year}). Genres: {genres}.")
     assert texts[0] == "Toy Story (1995). Genres: Animation."
     assert texts[1] == "(1995)."
@@ -150,12 +162,23 @@ def test_manifest_counts_add_up(tmp_path):
     ratings = [float((i % 5) + 1) for i in range(len(rows))]
     items = sorted({r[1] for r in rows} - {"ghost"})
     with pytest.warns(UserWarning, match="missing from the items table"):
-        out = prepare(_raw(_inter(rows, ratings), items, tmp=tmp_path), tmp_path / "d",
-                      k_core_users=2, k_core_items=2, rating_threshold=2.0)  # fmt: skip
+        out = prepare(
+            _raw(_inter(rows, ratings), items, tmp=tmp_path),
+            tmp_path / "d",
+            k_core_users=2,
+            k_core_items=2,
+            rating_threshold=2.0,
+        )
     m = read_manifest(out)
     steps = m["steps"]
-    assert [s["step"] for s in steps] == ["read", "rating_threshold", "duplicates", "unknown_items", "k_core",
-                                         "min_sequence_length"]  # fmt: skip
+    assert [s["step"] for s in steps] == [
+        "read",
+        "rating_threshold",
+        "duplicates",
+        "unknown_items",
+        "k_core",
+        "min_sequence_length",
+    ]
     prev = steps[0]["after"]
     for s in steps[1:]:
         assert s["before"] == prev
@@ -169,8 +192,12 @@ def test_manifest_counts_add_up(tmp_path):
     assert m["modalities"] == ["text"]
     items_df = pl.read_parquet(out / layout.ITEMS)
     assert items_df["item_idx"].to_list() == list(range(1, items_df.height + 1))
-    assert items_df.schema == {"item_idx": pl.Int32, "item_id": pl.String, "text": pl.String,
-                               "image_path": pl.String}  # fmt: skip
+    assert items_df.schema == {
+        "item_idx": pl.Int32,
+        "item_id": pl.String,
+        "text": pl.String,
+        "image_path": pl.String,
+    }
     seq = pl.read_parquet(out / layout.SEQUENCES)
     assert seq.schema == {"user_idx": pl.Int32, "item_idx": pl.List(pl.Int32), "timestamp": pl.List(pl.Int64)}
     assert min(seq["item_idx"].list.len()) >= layout.MIN_SEQUENCE_LENGTH

@@ -74,7 +74,9 @@ def _amazon_2014(tmp: Path, gz: bool) -> tuple[Path, Path]:
         # python-dict literal, as in the real 2014 files
         "{'asin': 'B01', 'title': 'Red Pen', 'price': 1.5, 'imUrl': 'http://x/images/I/abc.jpg', "
         "'categories': [['Office', 'Pens'], ['Office']], 'brand': 'Bic'}",
-        json.dumps({"asin": "B02", "title": "Blue Pen", "categories": [["Office"]], "imUrl": "http://x/zzz.jpg"}),
+        json.dumps(
+            {"asin": "B02", "title": "Blue Pen", "categories": [["Office"]], "imUrl": "http://x/zzz.jpg"}
+        ),
     ]
     rtext = "\n".join(json.dumps(r) for r in reviews) + "\n"
     mtext = "\n".join(meta) + "\n"
@@ -114,17 +116,52 @@ def test_amazon_2014(tmp_path, gz):
 
 def test_amazon_2018(tmp_path):
     rp = tmp_path / "Toys.json"
-    rp.write_text("\n".join(json.dumps(r) for r in [
-        {"reviewerID": "U1", "asin": "P1", "overall": 5.0, "unixReviewTime": 1500000000, "reviewText": "ok"},
-        {"reviewerID": "U1", "asin": "P2", "overall": 1.0, "unixReviewTime": 1500000001},
-    ]) + "\n")  # fmt: skip
+    rp.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {
+                    "reviewerID": "U1",
+                    "asin": "P1",
+                    "overall": 5.0,
+                    "unixReviewTime": 1500000000,
+                    "reviewText": "ok",
+                },
+                {"reviewerID": "U1", "asin": "P2", "overall": 1.0, "unixReviewTime": 1500000001},
+            ]
+        )
+        + "\n"
+    )
     mp = tmp_path / "meta_Toys.json.gz"
-    mp.write_bytes(gzip.compress(("\n".join(json.dumps(r) for r in [
-        {"asin": "P1", "title": "Ball", "brand": "Acme", "price": "$12.99", "category": ["Toys", "Balls"],
-         "imageURL": ["http://i/small.jpg"], "imageURLHighRes": ["http://i/P1-large.jpg"]},
-        {"asin": "P2", "title": "Kite", "price": "<span>junk</span>", "category": [], "imageURL": []},
-        {"asin": "P2", "title": "Kite duplicate row"},
-    ]) + "\n").encode()))  # fmt: skip
+    mp.write_bytes(
+        gzip.compress(
+            (
+                "\n".join(
+                    json.dumps(r)
+                    for r in [
+                        {
+                            "asin": "P1",
+                            "title": "Ball",
+                            "brand": "Acme",
+                            "price": "$12.99",
+                            "category": ["Toys", "Balls"],
+                            "imageURL": ["http://i/small.jpg"],
+                            "imageURLHighRes": ["http://i/P1-large.jpg"],
+                        },
+                        {
+                            "asin": "P2",
+                            "title": "Kite",
+                            "price": "<span>junk</span>",
+                            "category": [],
+                            "imageURL": [],
+                        },
+                        {"asin": "P2", "title": "Kite duplicate row"},
+                    ]
+                )
+                + "\n"
+            ).encode()
+        )
+    )
     images = tmp_path / "imgs"
     images.mkdir()
     (images / "P2.jpg").write_bytes(b"x")  # found as <asin>.jpg
@@ -141,11 +178,23 @@ def test_amazon_2018(tmp_path):
 
 @pytest.mark.parametrize("kind", ["parquet", "csv"])
 def test_generic(tmp_path, kind):
-    inter = pl.DataFrame({"uid": ["a", "a", "b", "a"], "iid": ["x", "y", "x", "x"], "ts": [3, 1, 2, 4],
-                          "stars": [1.0, 2.0, 3.0, 4.0]})  # fmt: skip
+    inter = pl.DataFrame(
+        {
+            "uid": ["a", "a", "b", "a"],
+            "iid": ["x", "y", "x", "x"],
+            "ts": [3, 1, 2, 4],
+            "stars": [1.0, 2.0, 3.0, 4.0],
+        }
+    )
     (tmp_path / "pic.png").write_bytes(b"x")
-    items = pl.DataFrame({"iid": ["x", "y"], "name": ["Thing X", None], "tags": ["t1", "t2"],
-                          "img": ["pic.png", "missing.png"]})  # fmt: skip
+    items = pl.DataFrame(
+        {
+            "iid": ["x", "y"],
+            "name": ["Thing X", None],
+            "tags": ["t1", "t2"],
+            "img": ["pic.png", "missing.png"],
+        }
+    )
     ip, tp = tmp_path / f"inter.{kind}", tmp_path / f"items.{kind}"
     if kind == "parquet":
         inter.write_parquet(ip)
@@ -153,8 +202,16 @@ def test_generic(tmp_path, kind):
     else:
         inter.write_csv(ip)
         items.write_csv(tp)
-    raw = read_generic(ip, tp, user_col="uid", item_col="iid", time_col="ts", rating_col="stars", image_col="img",
-                       text_template="{name}. Tags: {tags}.")  # fmt: skip
+    raw = read_generic(
+        ip,
+        tp,
+        user_col="uid",
+        item_col="iid",
+        time_col="ts",
+        rating_col="stars",
+        image_col="img",
+        text_template="{name}. Tags: {tags}.",
+    )
     _check_common(raw)
     assert raw.interactions["timestamp"].to_list() == [3, 1, 2, 4]
     assert raw.interactions["line"].to_list() == ([1, 2, 3, 4] if kind == "parquet" else [2, 3, 4, 5])

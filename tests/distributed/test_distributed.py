@@ -30,13 +30,19 @@ import torch.multiprocessing as mp
 from support import tiny_cfg as support_tiny_cfg
 from support import write_processed_dataset
 
-from recsys.losses.sampled import log_expected_count, sampled_matryoshka_ce_sum
+from recsys.losses.matryoshka import full_softmax_sum
 from recsys.training.checkpoint import load_checkpoint
-from recsys.training.trainer import Trainer, run
+from recsys.training.runner import run
+from recsys.training.trainer import Trainer
 
 pytestmark = pytest.mark.distributed
 
-COMMON = ["trainer.max_epochs=1", "trainer.optimizer.lr=0.01", "trainer.val_every_n_steps=3", "trainer.log_every_n_steps=1"]
+COMMON = [
+    "trainer.max_epochs=1",
+    "trainer.optimizer.lr=0.01",
+    "trainer.val_every_n_steps=3",
+    "trainer.log_every_n_steps=1",
+]
 # id-table runs: 1 epoch (8 steps) with a clip threshold inside the range of the gradient norms
 # (4.1-9.1: 6 of the 8 steps are clipped), so a wrong global norm (e.g. without the table shards)
 # changes which steps are clipped and by how much; the final weights are kept (no test_best)
@@ -63,13 +69,13 @@ def _recording_run(cfg, run_dir: Path) -> dict[str, Any]:
     """``run(cfg, run_dir)`` recording every step's loss, the weights before the first step
     (after a resume: the resumed ones) and right after ``fit`` (before ``test_best`` loads best.pt),
     in the plain single-process format."""
-    import recsys.training.trainer as train_mod
+    import recsys.training.runner as runner
     from recsys.training.distributed import full_state_dict
 
     losses: list[float] = []
     initial: dict[str, torch.Tensor] = {}
     final: dict[str, torch.Tensor] = {}
-    trainer_cls = train_mod.Trainer
+    trainer_cls = runner.Trainer
 
     class Recording(trainer_cls):
         def state_now(self) -> dict[str, torch.Tensor]:
@@ -88,27 +94,40 @@ def _recording_run(cfg, run_dir: Path) -> dict[str, Any]:
             final.update(self.state_now())
             return reason
 
-    train_mod.Trainer = Recording
+    runner.Trainer = Recording
     try:
         res = run(cfg, run_dir)
     finally:
-        train_mod.Trainer = trainer_cls
+        runner.Trainer = trainer_cls
     trainer = res["trainer"]
     val = trainer.evaluate("validation")  # a collective when distributed
     return {
-        "losses": losses, "initial": initial, "final": final, "val": {str(k): v for k, v in val.items()},
-        "plan": getattr(trainer, "sharding_plan", {}), "reason": res["reason"],
+        "losses": losses,
+        "initial": initial,
+        "final": final,
+        "val": {str(k): v for k, v in val.items()},
+        "plan": getattr(trainer, "sharding_plan", {}),
+        "reason": res["reason"],
     }
 
 
-def _worker(rank: int, world: int, port: int, dataset_dir: str, jobs: list[tuple[str, str, list[str]]], out: str):
+def _worker(
+    rank: int, world: int, port: int, dataset_dir: str, jobs: list[tuple[str, str, list[str]]], out: str
+):
     """One rank: run every (name, run_dir, overrides) job in order; rank 0 saves the results."""
     os.environ.update(
-        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    results = {name: _recording_run(tiny_cfg(Path(dataset_dir), *overrides), Path(run_dir)) for name, run_dir, overrides in jobs}
+    results = {
+        name: _recording_run(tiny_cfg(Path(dataset_dir), *overrides), Path(run_dir))
+        for name, run_dir, overrides in jobs
+    }
     if rank == 0:
         torch.save(results, out)
     torch.distributed.destroy_process_group()
@@ -185,6 +204,7 @@ def test_trainable_id_table_matches_single_process(single, distributed):
     id_key = "tables.ids.embedding_bags.item_id_table.weight"
     table = ref["initial"][id_key]
     assert (ref["final"][id_key] - table).abs().max() > 100 * WEIGHT_TOL["atol"]  # the table does train
+
     # the rank files hold the AdamW moments of the table shards (checkpointed optimiser state):
     # dense parameters are replicated (counted on both ranks), the table's rows once in all
     def moment_numel(path: Path) -> int:
@@ -223,35 +243,10 @@ def test_resume_on_same_world_size_equals_uninterrupted(single, distributed):
     _assert_same_weights(resumed["final"], single["ids"]["final"])
 
 
-def test_logq_correction_matches_hand_computation():
-    torch.manual_seed(0)
-    ladder = (2, 4)
-    hidden, cands = torch.randn(3, 4), torch.randn(5, 4)
-    target_index = torch.tensor([0, 2, 4])
-    popularity = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.15, 0.25])
-    cand_ids = torch.tensor([1, 2, 3, 4, 5])
-    log_q = log_expected_count(cand_ids, num_positions=3, num_negatives=7, popularity=popularity, q=None)
-    # Q(i) = P * pop(i) + K * (1 / N)
-    expected_q = [3 * float(popularity[i]) + 7 / 5 for i in cand_ids]
-    assert log_q.tolist() == pytest.approx([math.log(v) for v in expected_q])
-    total, per_size = sampled_matryoshka_ce_sum(hidden, target_index, cands, log_q, ladder, (1.0, 3.0))
-    hand = []
-    for d in ladder:
-        s = 0.0
-        for p in range(3):
-            logits = [float(hidden[p, :d] @ cands[c, :d]) - math.log(expected_q[c]) for c in range(5)]
-            lse = math.log(sum(math.exp(x) for x in logits))
-            s += lse - logits[int(target_index[p])]
-        hand.append(s)
-    assert per_size.tolist() == pytest.approx(hand, rel=1e-5)
-    assert float(total) == pytest.approx(0.25 * hand[0] + 0.75 * hand[1], rel=1e-5)
-
-
 def test_sampled_softmax_trains(dataset, tmp_path):
     cfg = tiny_cfg(dataset, "loss=sampled_softmax", "loss.num_negatives=16", "trainer.max_epochs=4")
     trainer = Trainer(cfg, tmp_path / "run")
     x, y = next(trainer.dataset.train_batches(64, epoch=0, seed=0))
-    from recsys.losses.sampled import full_softmax_sum
 
     def full_loss():
         with torch.no_grad():
@@ -269,7 +264,8 @@ def test_distributed_sampled_softmax_and_evaluation(dataset, tmp_path):
     distributed evaluation of the final model equals a single-process evaluation of its best.pt."""
     run_dir = tmp_path / "dist_sampled"
     out = _spawn(
-        dataset, [("sampled", run_dir, ["loss=sampled_softmax", "loss.num_negatives=16", "trainer.max_epochs=3"])],
+        dataset,
+        [("sampled", run_dir, ["loss=sampled_softmax", "loss.num_negatives=16", "trainer.max_epochs=3"])],
         tmp_path / "results.pt",
     )["sampled"]
     losses = out["losses"]

@@ -10,7 +10,7 @@ if not torch.cuda.is_available():
 pytest.importorskip("mamba_ssm", reason="needs the `gpu` extra (mamba-ssm)")
 
 from recsys.model import MatryoshkaRecModel, ModelConfig  # noqa: E402
-from recsys.nn.mamba import cuda_kernels, selective_scan_cuda, selective_scan_torch  # noqa: E402
+from recsys.nn.mamba import MambaConfig, cuda_kernels, selective_scan_cuda, selective_scan_torch  # noqa: E402
 
 
 def inputs(batch=4, length=50, channels=96, n=16, device="cuda"):
@@ -40,7 +40,7 @@ def test_kernel_matches_reference_forward_and_gradients():
 
 def test_model_on_cuda_matches_cpu_and_keeps_the_slicing_invariant():
     torch.manual_seed(0)
-    config = ModelConfig(ladder=(8, 16, 64), backbone="mamba", num_blocks=2, dropout=0.0)
+    config = ModelConfig(ladder=(8, 16, 64), backbone=MambaConfig(num_blocks=2, dropout=0.0))
     model = MatryoshkaRecModel(config, 100, {"text": 32})
     model.load_item_features({"text": torch.randn(101, 32)})
     model.eval()

@@ -9,10 +9,9 @@ from hydra.utils import instantiate
 from omegaconf.errors import ConfigKeyError
 
 from recsys.builders import model_config
-from recsys.config import validate
-from recsys.training.trainer import CONFIG_DIR
+from recsys.config import CONFIG_DIR, validate
 
-GROUPS = ["data", "model", "backbone", "loss", "trainer", "eval", "experiment"]
+GROUPS = ["data", "model", "backbone", "loss", "trainer", "optimizer", "eval", "experiment"]
 
 
 def compose_cfg(*overrides: str):
@@ -32,13 +31,22 @@ def test_every_config_composes_validates_and_instantiates(override):
     validate(cfg)
     optimizer_factory = instantiate(cfg.trainer.optimizer)
     assert callable(optimizer_factory)
+    loss = instantiate(cfg.loss)
+    assert callable(loss) and callable(loss.prepare)
     mc = model_config(cfg)
     assert mc.ladder[-1] == cfg.model.width
 
 
-def test_typo_in_a_key_fails_at_composition():
+@pytest.mark.parametrize("override", ["trainer.max_epoch=3", "loss.num_negatives=16"])
+def test_typo_in_a_key_fails_at_composition(override):
+    # loss.num_negatives belongs to loss=sampled_softmax only: each loss option has its own schema
     with pytest.raises((ConfigCompositionException, ConfigKeyError)):
-        compose_cfg("trainer.max_epoch=3")
+        compose_cfg(override)
+
+
+def test_optimizer_group_is_placed_under_the_trainer():
+    cfg = compose_cfg("trainer=gpu", "trainer.optimizer.lr=3e-4")
+    assert cfg.trainer.optimizer._target_ == "torch.optim.AdamW" and cfg.trainer.optimizer.lr == 3e-4
 
 
 @pytest.mark.parametrize(
@@ -79,6 +87,11 @@ def test_width_truncates_the_ladder():
         ("trainer.grad_clip=inf", "trainer.grad_clip must be finite"),
         ("trainer.min_lr_ratio=2", "trainer.min_lr_ratio"),
         ("resume_allow_changes=[trainer.max_epoch]", "resume_allow_changes names unknown keys"),
+        (
+            "loss._target_=recsys.losses.matryoshka.NoSuchLoss",
+            "loss._target_='recsys.losses.matryoshka.NoSuchLoss'",
+        ),
+        ("trainer.optimizer._target_=torch.optim.Adamm", "trainer.optimizer._target_='torch.optim.Adamm'"),
     ],
 )
 def test_absurd_training_values_are_rejected_naming_the_key(override, message):

@@ -18,15 +18,22 @@ from safetensors.torch import load_file
 from support import trained_export
 
 from recsys.builders import build_dataset, build_model
-from recsys.export.artifact import ArtifactError, load_artifact, serving_model_config
+from recsys.export.artifact import ArtifactError, load_artifact
 from recsys.export.exporter import ParityError, _topk_matches, export_run, main
 from recsys.nn import build_backbone
 from recsys.training.checkpoint import load_checkpoint
 from serving.recommender import Recommender
 
 SIZES = (4, 8, 16)
-FILES = {"config.json", "model.safetensors", "item_embeddings.safetensors", "items.json", "program.pt2",
-         "metrics.json", "checksums.json"}
+FILES = {
+    "config.json",
+    "model.safetensors",
+    "item_embeddings.safetensors",
+    "items.json",
+    "program.pt2",
+    "metrics.json",
+    "checksums.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +57,9 @@ def assert_artifacts_match_the_model(export_dir, model, inputs, engine, label):
         ref_all = model.score(inputs)
     out = []
     for j, d in enumerate(SIZES):
-        rec = Recommender(load_artifact(export_dir / f"d{d:04d}", trust_program=engine == "program"), engine=engine)
+        rec = Recommender(
+            load_artifact(export_dir / f"d{d:04d}", trust_program=engine == "program"), engine=engine
+        )
         got = rec.scores(inputs)
         ref = ref_all[j]
         assert got.shape == ref.shape == (len(inputs), 61)
@@ -99,8 +108,8 @@ def test_parameter_count_equals_a_model_built_at_width_d(exported):
     _, export_dir, index = exported
     for d in SIZES:
         artifact = load_artifact(export_dir / f"d{d:04d}")
-        cfg = serving_model_config(artifact.config["model_config"])
-        fresh = build_backbone(cfg.backbone, cfg)
+        fresh = build_backbone(artifact.backbone_config, d)
+        assert artifact.backbone_config.ladder == SIZES[: SIZES.index(d) + 1]  # a width-d backbone
         assert artifact.num_parameters == sum(p.numel() for p in fresh.parameters())
         assert index["entries"][str(d)]["parameters"] == artifact.num_parameters
         shapes = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
@@ -111,6 +120,20 @@ def test_parameter_count_equals_a_model_built_at_width_d(exported):
 def test_parity_with_the_trained_model_at_every_size(exported, trained, engine):
     dataset, model = trained
     assert_artifacts_match_the_model(exported[1], model, dataset.split("test").inputs, engine, "lru")
+
+
+def test_the_exporter_does_not_import_serving():
+    """serving imports recsys, never the other way: parity loads artifacts with recsys.export."""
+    import ast
+    from pathlib import Path
+
+    import recsys.export
+
+    for path in sorted(Path(recsys.export.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in modules if m and m.split(".")[0] == "serving"}, path
 
 
 def test_parity_check_detects_a_wrong_ranking():
@@ -134,7 +157,9 @@ def test_program_loads_and_runs_without_the_recsys_package(exported, tmp_path):
         f"h = torch.tensor({history.tolist()})\n"
         "print(json.dumps(m(h)[:, 1:].tolist()))\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     got = torch.tensor(json.loads(out.stdout.strip().splitlines()[-1]))
     torch.testing.assert_close(got, expected[:, 1:], rtol=1e-5, atol=1e-5)
@@ -162,10 +187,16 @@ def test_checksum_tampering_is_detected(exported, tmp_path):
 def test_cli_with_checkpoint_path_and_size_subset(exported, tmp_path, capsys):
     run_dir, _, _ = exported
     out = tmp_path / "exp"
-    main([str(run_dir / "checkpoints" / "last.pt"), "--sizes", "4", "--out", str(out), "--parity-users", "16"])
+    main(
+        [str(run_dir / "checkpoints" / "last.pt"), "--sizes", "4", "--out", str(out), "--parity-users", "16"]
+    )
     index = json.loads((out / "index.json").read_text())
     assert index["sizes"] == [4] and index["source"]["checkpoint"].endswith("last.pt")
-    assert {p.name for p in out.iterdir()} == {"d0004", "index.json", "checksums.json"}  # no staging leftovers
+    assert {p.name for p in out.iterdir()} == {
+        "d0004",
+        "index.json",
+        "checksums.json",
+    }  # no staging leftovers
     assert "written" in capsys.readouterr().out
 
 
@@ -181,7 +212,9 @@ def test_cli_prints_the_export_digest_over_root_checksums(exported, tmp_path, ca
     main([str(run_dir), "--sizes", "4,8", "--out", str(out), "--parity-users", "16"])
     printed = capsys.readouterr().out
     root = json.loads((out / "checksums.json").read_text())
-    assert root == {p: sha256_hex(out / p) for p in ("index.json", "d0004/checksums.json", "d0008/checksums.json")}
+    assert root == {
+        p: sha256_hex(out / p) for p in ("index.json", "d0004/checksums.json", "d0008/checksums.json")
+    }
     lines = "".join(f"{root[p]}  {p}\n" for p in sorted(root))
     digest = hashlib.sha256(lines.encode()).hexdigest()
     assert f"digest (sha256): {digest}" in printed
@@ -191,7 +224,11 @@ def test_cli_prints_the_export_digest_over_root_checksums(exported, tmp_path, ca
 def test_exported_files_share_one_mode_that_respects_the_umask(exported, tmp_path):
     """Every exported file (safetensors included) gets the mode a normal file gets: 0666 & ~umask."""
     run_dir, export_dir, _ = exported
-    modes = {p.relative_to(export_dir): stat.S_IMODE(p.stat().st_mode) for p in export_dir.rglob("*") if p.is_file()}
+    modes = {
+        p.relative_to(export_dir): stat.S_IMODE(p.stat().st_mode)
+        for p in export_dir.rglob("*")
+        if p.is_file()
+    }
     probe = tmp_path / "probe"
     probe.write_text("")
     assert set(modes.values()) == {stat.S_IMODE(probe.stat().st_mode)}, modes
@@ -231,28 +268,36 @@ def test_export_run_fails_loudly_when_parity_breaks(exported, tmp_path, monkeypa
 # ---------------------------------------------------------------------------- sasrec (not nested)
 @pytest.fixture(scope="module")
 def sasrec_exported():
-    return trained_export("backbone=sasrec", "backbone.num_blocks=1", "backbone.sasrec_heads=2")
+    return trained_export("backbone=sasrec", "backbone.num_blocks=1", "backbone.heads=2")
 
 
 def test_sasrec_export_holds_the_full_width_backbone_and_a_width_d_catalog(sasrec_exported):
     run_dir, export_dir, index = sasrec_exported
     assert index["sizes"] == list(SIZES)
     cfg = OmegaConf.load(run_dir / "config.yaml")
-    full = build_backbone("sasrec", build_model(cfg, build_dataset(cfg)).config)
+    full = build_model(cfg, build_dataset(cfg)).backbone
     full_count = sum(p.numel() for p in full.parameters())
     for d in SIZES:
         directory = export_dir / f"d{d:04d}"
         assert {p.name for p in directory.iterdir()} == FILES
         config = json.loads((directory / "config.json").read_text())
-        assert config["nested"] is False and config["size"] == d
-        assert config["model_config"]["ladder"] == [4, 8, 16] and config["model_config"]["output_size"] == d
+        assert config["size"] == d and config["model_config"]["ladder"] == list(SIZES[: SIZES.index(d) + 1])
+        backbone = config["model_config"]["backbone"]
+        assert backbone["_target_"] == "recsys.nn.sasrec.SASRecConfig" and backbone["ladder"] == [4, 8, 16]
         metrics = json.loads((directory / "metrics.json").read_text())
-        assert metrics["nested"] is False and metrics["parameters"] == full_count
-        assert metrics["catalog_parameters"] == 61 * d and metrics["input_embedding_parameters"] == 61 * 16
+        assert metrics["parameters"] == full_count
+        assert metrics["catalog_parameters"] == 61 * d
         artifact = load_artifact(directory)
-        assert artifact.item_embeddings.shape == (61, d) and artifact.input_embeddings.shape == (61, 16)
+        assert artifact.item_embeddings.shape == (61, d) and artifact.num_parameters == full_count
+        assert index["entries"][str(d)]["parameters"] == full_count
+        if d == 16:  # the full width: the catalog is the backbone's input
+            assert artifact.input_embeddings is None and "input_embedding_parameters" not in metrics
+            continue
+        assert metrics["input_embedding_parameters"] == 61 * 16 and artifact.input_embeddings.shape == (
+            61,
+            16,
+        )
         torch.testing.assert_close(artifact.item_embeddings, artifact.input_embeddings[:, :d])
-        assert artifact.num_parameters == full_count == index["entries"][str(d)]["parameters"]
 
 
 @pytest.mark.parametrize("engine", ["python", "program"])
@@ -272,7 +317,9 @@ def test_sasrec_program_runs_standalone(sasrec_exported):
     _, export_dir, _ = sasrec_exported
     artifact = load_artifact(export_dir / "d0008")
     program = torch.export.load(str(export_dir / "d0008" / "program.pt2")).module()
-    history = torch.tensor([[0, 0, 0, 0, 0, 1, 2, 3, 4, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [0] * 9 + [3]])
+    history = torch.tensor(
+        [[0, 0, 0, 0, 0, 1, 2, 3, 4, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15, 16], [0] * 9 + [3]]
+    )
     got = program(history)
     assert got.shape == (3, 61) and torch.isinf(got[:, 0]).all()
     expected = Recommender(artifact, engine="python").scores(history)

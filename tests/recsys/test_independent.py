@@ -11,7 +11,9 @@ from recsys.training.independent import run_independent, size_config
 
 
 def test_size_config_is_a_single_size_model(processed_dataset):
-    cfg = tiny_cfg(processed_dataset, "model.independent=true", "loss.size_weights=[1,2,3]", "trainer.monitor_size=8")
+    cfg = tiny_cfg(
+        processed_dataset, "model.independent=true", "loss.size_weights=[1,2,3]", "trainer.monitor_size=8"
+    )
     sub = size_config(cfg, 8)
     assert list(sub.model.ladder) == [8] and sub.model.width == 8 and sub.model.independent is False
     assert sub.loss.size_weights is None and sub.trainer.monitor_size is None
@@ -20,8 +22,13 @@ def test_size_config_is_a_single_size_model(processed_dataset):
 
 @pytest.mark.slow
 def test_tiny_independent_run_writes_per_size_runs_and_combined_metrics(processed_dataset, tmp_path):
-    cfg = tiny_cfg(processed_dataset, "model.independent=true", "trainer.max_epochs=1", "model.ladder=[4,8]",
-                   "model.width=8")
+    cfg = tiny_cfg(
+        processed_dataset,
+        "model.independent=true",
+        "trainer.max_epochs=1",
+        "model.ladder=[4,8]",
+        "model.width=8",
+    )
     out = run_independent(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics == json.loads(json.dumps(out["metrics"]))
@@ -40,8 +47,18 @@ def test_tiny_independent_run_writes_per_size_runs_and_combined_metrics(processe
 
 @pytest.mark.slow
 def test_recsys_train_cli_dispatches_independent(processed_dataset, tmp_path):
-    args = ["experiment=tiny", "data.name=generic", f"data.path={processed_dataset}", "model.independent=true",
-            "trainer.max_epochs=1", "model.ladder=[4,8]", "model.width=8", f"run_dir={tmp_path / 'cli'}"]
-    subprocess.run([sys.executable, "-m", "recsys.training.trainer", *args], check=True, capture_output=True, timeout=300)
+    args = [
+        "experiment=tiny",
+        "data.name=generic",
+        f"data.path={processed_dataset}",
+        "model.independent=true",
+        "trainer.max_epochs=1",
+        "model.ladder=[4,8]",
+        "model.width=8",
+        f"run_dir={tmp_path / 'cli'}",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "recsys.training.cli", *args], check=True, capture_output=True, timeout=300
+    )
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert set(metrics["test"]) == {"4", "8"} and (tmp_path / "cli" / "d0004" / "metrics.json").is_file()

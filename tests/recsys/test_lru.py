@@ -1,10 +1,19 @@
-import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from recsys.model import ModelConfig
-from recsys.nn import Backbone, build_backbone, register_backbone, registered_backbones
+from recsys.builders import backbone_config
+from recsys.nn import (
+    Backbone,
+    BackboneConfig,
+    LRUConfig,
+    backbone_config_from_dict,
+    register_backbone,
+    registered_backbones,
+)
 from recsys.nn.lru import linear_scan
 
 
@@ -41,13 +50,13 @@ def test_parallel_scan_equals_sequential_loop_forward_and_grad(length):
     assert bool((outs[0][0, : length // 2] == 0).all())
 
 
-def small_config(**kw):
-    return ModelConfig(**{"ladder": (4, 12, 40), "num_blocks": 2, "dropout": 0.0, **kw})
+def small_config(**kw) -> LRUConfig:
+    return LRUConfig(**{"ladder": (4, 12, 40), "max_len": 16, "num_blocks": 2, "dropout": 0.0, **kw})
 
 
 def test_left_padding_does_not_change_the_real_positions():
     torch.manual_seed(0)
-    backbone = build_backbone("lru", small_config()).eval()
+    backbone = small_config().build().eval()
     x = torch.randn(1, 6, 40)
     unpadded = backbone(x, torch.ones(1, 6, dtype=torch.bool))
     padded_x = torch.cat([torch.randn(1, 4, 40), x], 1)
@@ -57,7 +66,7 @@ def test_left_padding_does_not_change_the_real_positions():
 
 def test_lru_backbone_slice_equals_prefix_of_full_output():
     torch.manual_seed(0)
-    backbone = build_backbone("lru", small_config()).eval()
+    backbone = small_config().build().eval()
     x = torch.randn(2, 9, 40)
     mask = torch.ones(2, 9, dtype=torch.bool)
     mask[0, :3] = False
@@ -76,17 +85,28 @@ def test_lru_eigenvalues_start_in_the_ring():
     assert bool((modulus >= 0.2 - 1e-6).all()) and bool((modulus <= 0.5 + 1e-6).all())
 
 
-def test_backbone_registry_builds_registered_and_rejects_unknown():
-    assert "lru" in registered_backbones()
-    with pytest.raises(ValueError, match="unknown backbone"):
-        build_backbone("nope", small_config())
+def test_backbone_registry_builds_registered_configs_and_rejects_unknown():
+    assert "recsys.nn.lru.LRUConfig" in registered_backbones()
+    for target in ("nope", "os.system", None):  # never imported: only registered classes are built
+        with pytest.raises(ValueError, match="unknown backbone config"):
+            backbone_config_from_dict({"_target_": target, "ladder": [4]})
+    with pytest.raises(ValueError, match="not a registered backbone config"):
+        backbone_config(OmegaConf.create({"_target_": "builtins.print"}), (4,), 8)
+    with pytest.raises(ValueError, match="no fields"):
+        backbone_config_from_dict({**small_config().to_dict(), "heads": 2})
 
-    @register_backbone("identity_for_test")
+    @dataclass
+    class IdentityConfig(BackboneConfig):
+        name: ClassVar[str] = "identity_for_test"
+
+    @register_backbone(IdentityConfig)
     class Identity(Backbone):
         def forward(self, x, pad_mask):
             return x
 
-    config = dataclasses.replace(small_config(), backbone="identity_for_test")
-    assert isinstance(build_backbone("identity_for_test", config), Identity)
+    config = backbone_config_from_dict(IdentityConfig(ladder=(4, 8), max_len=5).to_dict())
+    assert config == IdentityConfig(ladder=(4, 8), max_len=5) and isinstance(config.build(), Identity)
     with pytest.raises(ValueError, match="already registered"):
-        register_backbone("lru")(Identity)
+        register_backbone(IdentityConfig)(Identity)
+    with pytest.raises(ValueError, match="set ladder and max_len"):
+        LRUConfig().build()

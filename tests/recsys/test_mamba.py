@@ -1,6 +1,5 @@
 """Nested Mamba backbone: slicing invariant at every size, parameter counts, scan vs loop, padding."""
 
-
 import pytest
 import torch
 from test_model import (
@@ -15,18 +14,18 @@ from test_model import train_steps as train_steps_on
 
 from recsys.model import MatryoshkaRecModel, ModelConfig
 from recsys.nn.mamba import (
+    MambaConfig,
     NestedMamba,
     selective_scan,
     selective_scan_sequential,
     selective_scan_torch,
 )
 
-MAMBA = {"backbone": "mamba", "num_blocks": 1}
 
-
-def make_model(seed=0, **kw) -> MatryoshkaRecModel:
+def make_model(seed=0, ladder=(4, 12, 40), **kw) -> MatryoshkaRecModel:
+    """A Mamba model; ``kw``: MambaConfig fields (one block by default)."""
     torch.manual_seed(seed)
-    config = ModelConfig(**{"ladder": (4, 12, 40), **MAMBA, **kw})
+    config = ModelConfig(ladder=ladder, backbone=MambaConfig(**{"num_blocks": 1, **kw}))
     model = MatryoshkaRecModel(config, NUM_ITEMS, FEATURE_DIMS)
     model.load_item_features({m: torch.randn(NUM_ITEMS + 1, FEATURE_DIMS[m]) for m in config.modalities})
     return model
@@ -55,8 +54,8 @@ def check_every_size(model):
     "kw",
     [
         {},  # irregular ladder 4, 12, 40: x_proj reads channels [:2*4]
-        pytest.param({"mamba_ffn": True, "mamba_expand": 3, "mamba_d_state": 4}, marks=pytest.mark.slow),
-        pytest.param({"mamba_dt_rank": 3, "num_blocks": 2}, marks=pytest.mark.slow),
+        pytest.param({"ffn": True, "expand": 3, "d_state": 4}, marks=pytest.mark.slow),
+        pytest.param({"dt_rank": 3, "num_blocks": 2}, marks=pytest.mark.slow),
     ],
 )
 def test_slice_scores_equal_full_scores_irregular_ladder_before_and_after_training(kw):
@@ -66,19 +65,21 @@ def test_slice_scores_equal_full_scores_irregular_ladder_before_and_after_traini
 
 
 def test_slice_scores_equal_full_scores_on_default_ladder_8_to_1024():
-    model = make_model(ladder=DEFAULT_LADDER, mamba_d_state=8).eval()
+    model = make_model(ladder=DEFAULT_LADDER, d_state=8).eval()
     check_every_size(model)
     check_every_size(train_steps(model, steps=2, lr=1e-3))
 
 
 def test_slice_parameter_count_equals_model_built_at_width_d():
-    check_slices_are_models_built_at_width_d(train_steps(make_model(mamba_ffn=True)), short_batch()[0])
+    check_slices_are_models_built_at_width_d(train_steps(make_model(ffn=True)), short_batch()[0])
 
 
 def scan_inputs(seed=0, batch=3, length=9, channels=6, n=4, left_pad=(0, 3, 8)):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(batch, length, channels, generator=g, dtype=torch.float64)
-    delta = torch.nn.functional.softplus(torch.randn(batch, length, channels, generator=g, dtype=torch.float64))
+    delta = torch.nn.functional.softplus(
+        torch.randn(batch, length, channels, generator=g, dtype=torch.float64)
+    )
     real = torch.ones(batch, length, 1, dtype=torch.float64)
     for i, p in enumerate(left_pad):
         real[i, :p] = 0
@@ -103,6 +104,14 @@ def test_parallel_scan_matches_sequential_loop_forward_and_gradients_with_left_p
     assert selective_scan(*[a.detach() for a in args], impl="auto").shape == ref.shape  # CPU -> torch
 
 
+@pytest.mark.parametrize(
+    "field, value", [("d_state", 0), ("d_conv", 0), ("expand", 0), ("dt_rank", -1), ("ffn", 1)]
+)
+def test_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"MambaConfig.{field}"):
+        MambaConfig(**{field: value})
+
+
 def test_padding_never_changes_real_outputs():
     torch.manual_seed(0)
     mixer = NestedMamba((4, 8), d_state=4).double().eval()
@@ -119,7 +128,9 @@ def test_one_rung_ladder_is_standard_mamba_as_in_mambapy():
     torch.manual_seed(0)
     width = 16
     mixer = NestedMamba((width,), d_state=8, d_conv=4, expand=2).eval()
-    ref = mambapy.MambaBlock(mambapy.MambaConfig(d_model=width, n_layers=1, d_state=8, expand_factor=2, d_conv=4))
+    ref = mambapy.MambaBlock(
+        mambapy.MambaConfig(d_model=width, n_layers=1, d_state=8, expand_factor=2, d_conv=4)
+    )
     state = {
         "in_proj.weight": torch.cat([mixer.in_x.weight, mixer.in_z.weight]),
         "conv1d.weight": mixer.conv.weight,
@@ -141,7 +152,10 @@ def test_one_rung_ladder_is_standard_mamba_as_in_mambapy():
 def test_mamba_trains_through_recsys_train(processed_dataset, tmp_path):
     from support import tiny_cfg
 
-    from recsys.training.trainer import run
+    from recsys.training.runner import run
 
-    out = run(tiny_cfg(processed_dataset, "backbone=mamba", "backbone.num_blocks=1", "trainer.max_epochs=2"), tmp_path / "r")
+    out = run(
+        tiny_cfg(processed_dataset, "backbone=mamba", "backbone.num_blocks=1", "trainer.max_epochs=2"),
+        tmp_path / "r",
+    )
     assert set(out["results"]["test"]) == {4, 8, 16}

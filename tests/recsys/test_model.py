@@ -1,18 +1,25 @@
+import ast
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from recsys.model import MatryoshkaRecModel, ModelConfig
+from recsys.config import BACKBONE_SCHEMAS
+from recsys.model import DEFAULT_LADDER, MatryoshkaRecModel, ModelConfig
+from recsys.nn import LRUConfig, MambaConfig, SASRecConfig, backbone_config_from_dict
 from recsys.nn.nested import NestedLinear, sliced_state_dict
 
 NUM_ITEMS, FEATURE_DIMS = 50, {"text": 16, "image": 8}
-DEFAULT_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def make_model(seed=0, **kw) -> MatryoshkaRecModel:
+def make_model(seed=0, num_blocks=1, dropout=0.1, **kw) -> MatryoshkaRecModel:
+    """An LRU model on the irregular ladder (4, 12, 40); ``kw``: other ModelConfig fields."""
     torch.manual_seed(seed)
-    config = ModelConfig(**{"ladder": (4, 12, 40), "num_blocks": 1, **kw})
+    config = ModelConfig(
+        **{"ladder": (4, 12, 40), "backbone": LRUConfig(num_blocks=num_blocks, dropout=dropout), **kw}
+    )
     model = MatryoshkaRecModel(config, NUM_ITEMS, FEATURE_DIMS)
     model.load_item_features({m: torch.randn(NUM_ITEMS + 1, FEATURE_DIMS[m]) for m in config.modalities})
     return model
@@ -110,9 +117,11 @@ def check_slices_are_models_built_at_width_d(model, seq):
     with torch.no_grad():
         full = model.score(seq)
     for m, d in enumerate(model.ladder):
-        built = MatryoshkaRecModel(
-            dataclasses.replace(model.config, ladder=model.ladder[: m + 1]), NUM_ITEMS, model.feature_dims
-        ).eval()
+        ladder = model.ladder[: m + 1]
+        config = dataclasses.replace(
+            model.config, ladder=ladder, backbone=dataclasses.replace(model.config.backbone, ladder=ladder)
+        )
+        built = MatryoshkaRecModel(config, NUM_ITEMS, model.feature_dims).eval()
         assert count(model.slice(d)) == count(built)
         built.load_state_dict(sliced_state_dict(model, d))
         with torch.no_grad():
@@ -196,22 +205,29 @@ def test_slice_rejects_size_outside_ladder():
 
 @pytest.mark.parametrize(
     "field, value",
-    [
-        ("ladder", (8, 4)),
-        ("ladder", ()),
-        ("dropout", 1.0),
-        ("num_blocks", 0),
-        ("ffn_multiplier", 0),
-        ("lru_r_max", 1.0),
-        ("lru_r_min", 0.5),
-        ("modalities", ()),
-        ("projector_hidden", -1),
-        ("max_len", 0),
-    ],
+    [("ladder", (8, 4)), ("ladder", ()), ("modalities", ()), ("projector_hidden", -1), ("max_len", 0)],
 )
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ModelConfig(**{field: value})
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("dropout", 1.0),
+        ("num_blocks", 0),
+        ("ffn_multiplier", 0),
+        ("r_max", 1.0),
+        ("r_min", 0.5),
+        ("ladder", (8, 4)),
+        ("max_len", 0),
+        ("dropout", "0.1"),
+    ],
+)
+def test_backbone_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=f"LRUConfig.{field}"):
+        LRUConfig(**{field: value})
 
 
 def test_config_accepts_lists_and_irregular_ladders():
@@ -219,3 +235,50 @@ def test_config_accepts_lists_and_irregular_ladders():
     assert config.ladder == (4, 12, 40) and config.modalities == ("text",) and config.width == 40
     with pytest.raises(ValueError, match="feature_dims"):
         MatryoshkaRecModel(ModelConfig(), 5, {})
+
+
+def test_backbone_config_gets_the_models_ladder_and_max_len():
+    config = ModelConfig(ladder=(4, 12), max_len=7, backbone=LRUConfig(num_blocks=3))
+    assert config.backbone == LRUConfig(ladder=(4, 12), max_len=7, num_blocks=3)
+    assert ModelConfig().backbone.ladder == DEFAULT_LADDER
+    with pytest.raises(ValueError, match="backbone.ladder"):
+        ModelConfig(ladder=(4, 12), backbone=LRUConfig(ladder=(4, 8)))
+    with pytest.raises(ValueError, match="backbone.max_len"):
+        ModelConfig(max_len=7, backbone=LRUConfig(max_len=8))
+    with pytest.raises(ValueError, match="ModelConfig.backbone"):
+        ModelConfig(backbone={"num_blocks": 1})
+
+
+@pytest.mark.parametrize(
+    "backbone", [LRUConfig(r_max=0.3), MambaConfig(ffn=True, d_state=4), SASRecConfig(heads=2)]
+)
+def test_config_round_trips_through_json_with_its_backbone_class(backbone):
+    config = ModelConfig(ladder=(4, 8), backbone=backbone)
+    data = json.loads(json.dumps(config.to_dict()))
+    assert data["backbone"]["_target_"] == f"{type(backbone).__module__}.{type(backbone).__name__}"
+    assert ModelConfig.from_dict(data) == config
+    assert type(ModelConfig.from_dict(data).backbone) is type(backbone)
+
+
+def test_each_backbone_schema_mirrors_its_config_dataclass():
+    """recsys/config.py may not import torch, so it repeats every backbone config's fields (the
+    model's ladder and max_len excepted): same names, types and defaults."""
+    for schema in BACKBONE_SCHEMAS.values():
+        target = schema._target_
+        config_class = type(backbone_config_from_dict({"_target_": target}))
+        fields = {
+            f.name: (f.type, f.default)
+            for f in dataclasses.fields(config_class)
+            if f.name not in ("ladder", "max_len")
+        }
+        mirrored = {f.name: (f.type, f.default) for f in dataclasses.fields(schema) if f.name != "_target_"}
+        assert mirrored == fields, target
+
+
+def test_no_module_of_recsys_nn_imports_the_model():
+    """recsys.nn is the bottom layer: its backbones carry their own configs (no import circle)."""
+    for path in sorted((Path(__file__).resolve().parents[2] / "recsys" / "nn").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not {m for m in imported if m and (m == "recsys.model" or m.startswith("recsys.model."))}, path

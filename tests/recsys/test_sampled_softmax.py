@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from recsys import sampled_softmax as ss
+from recsys.losses import sampled as ss
 from recsys.losses.matryoshka import size_weights_tensor
 
 N, D, LADDER = 30, 8, (4, 8)
@@ -27,6 +27,23 @@ class _StubModel:
 
     def encode(self, seq: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         return self.users
+
+
+def log_expected_count(
+    candidates: torch.Tensor,
+    num_positions: int,
+    num_negatives: int,
+    popularity: torch.Tensor,
+    q: torch.Tensor | None,
+) -> torch.Tensor:
+    """candidates (C,) ids -> (C,) float64 log(P * pop(i) + K * q(i)) (q None = uniform 1/N).
+
+    The rejected correction: the expected number of occurrences of each item in the candidate
+    MULTISET (duplicates kept), not the inclusion probability of the unique candidate set.
+    """
+    num_items = popularity.shape[0] - 1
+    q_c = torch.full(candidates.shape, 1.0 / num_items, dtype=torch.float64) if q is None else q[candidates]
+    return torch.log(num_positions * popularity[candidates] + num_negatives * q_c)
 
 
 def _zipf_popularity(num_items: int = N, exponent: float = 1.3) -> torch.Tensor:
@@ -139,7 +156,7 @@ def test_log_inclusion_probability_is_a_log_probability(sampler, num_positives, 
     pi = 1 - (1 - popularity[ids]) ** num_positives * (1 - q_dense[ids]) ** num_negatives
     torch.testing.assert_close(log_pi, torch.log(pi), rtol=1e-9, atol=1e-12)
     # union bound: P(i in S) <= E[#draws of i]; the old correction is never smaller
-    log_count = ss.log_expected_count(ids, num_positives, num_negatives, popularity, q)
+    log_count = log_expected_count(ids, num_positives, num_negatives, popularity, q)
     assert bool((log_pi <= log_count + 1e-12).all())
 
 
@@ -212,3 +229,43 @@ def test_sampled_matryoshka_ce_sum_target_correction():
         ce = -torch.log_softmax(logits, -1)[torch.arange(3), target_index].sum()
         assert float(per_size[m]) == pytest.approx(float(ce), rel=1e-5)
         assert float(per_size_default[m]) == pytest.approx(float(ce_default), rel=1e-5)
+
+
+def test_sampled_ce_with_a_given_correction_matches_hand_computation():
+    torch.manual_seed(0)
+    ladder = (2, 4)
+    hidden, cands = torch.randn(3, 4), torch.randn(5, 4)
+    target_index = torch.tensor([0, 2, 4])
+    popularity = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.15, 0.25])
+    cand_ids = torch.tensor([1, 2, 3, 4, 5])
+    log_q = log_expected_count(cand_ids, num_positions=3, num_negatives=7, popularity=popularity, q=None)
+    # Q(i) = P * pop(i) + K * (1 / N)
+    expected_q = [3 * float(popularity[i]) + 7 / 5 for i in cand_ids]
+    assert log_q.tolist() == pytest.approx([math.log(v) for v in expected_q])
+    total, per_size = ss.sampled_matryoshka_ce_sum(hidden, target_index, cands, log_q, ladder, (1.0, 3.0))
+    hand = []
+    for d in ladder:
+        s = 0.0
+        for p in range(3):
+            logits = [float(hidden[p, :d] @ cands[c, :d]) - math.log(expected_q[c]) for c in range(5)]
+            lse = math.log(sum(math.exp(x) for x in logits))
+            s += lse - logits[int(target_index[p])]
+        hand.append(s)
+    assert per_size.tolist() == pytest.approx(hand, rel=1e-5)
+    assert float(total) == pytest.approx(0.25 * hand[0] + 0.75 * hand[1], rel=1e-5)
+
+
+def test_sampled_softmax_loss_draws_its_negatives_from_the_step_seed():
+    gen = torch.Generator().manual_seed(5)
+    items, users = torch.randn(N + 1, D, generator=gen), torch.randn(4, 1, D, generator=gen)
+    targets = torch.randint(1, N + 1, (4, 1), generator=gen)
+    loss = ss.SampledSoftmaxLoss(num_negatives=8, sampler="popularity")
+    loss.prepare(targets, N)
+    model = _StubModel(items, users)
+    model.num_items = N
+    first, again, other = (loss(model, torch.zeros_like(targets), targets, seed)[0] for seed in (11, 11, 12))
+    negatives = ss.sample_negatives(8, N, torch.Generator().manual_seed(11), loss.popularity)
+    direct = ss.sampled_softmax_sum(
+        model, torch.zeros_like(targets), targets, None, negatives, loss.popularity, loss.popularity
+    )
+    assert torch.equal(first, again) and torch.equal(first, direct[0]) and not torch.equal(first, other)

@@ -6,13 +6,15 @@ import torch
 from test_model import FEATURE_DIMS, NUM_ITEMS
 
 from recsys.model import MatryoshkaRecModel, ModelConfig
+from recsys.nn import SASRecConfig, TruncatedBackbone
 from recsys.nn.nested import sliced_state_dict
-from recsys.nn.sasrec import SlicingNotSupported
 
 
 def make_model(seed=0, **kw) -> MatryoshkaRecModel:
     torch.manual_seed(seed)
-    config = ModelConfig(**{"ladder": (4, 12, 40), "backbone": "sasrec", "num_blocks": 2, "sasrec_heads": 2, **kw})
+    config = ModelConfig(
+        **{"ladder": (4, 12, 40), "backbone": SASRecConfig(num_blocks=2, heads=2, dropout=0.1), **kw}
+    )
     model = MatryoshkaRecModel(config, NUM_ITEMS, FEATURE_DIMS)
     model.load_item_features({m: torch.randn(NUM_ITEMS + 1, FEATURE_DIMS[m]) for m in config.modalities})
     return model.eval()
@@ -59,26 +61,29 @@ def test_slice_keeps_full_width_weights_and_truncates_the_output():
         full = model.score(seq)
         for m, d in enumerate(model.ladder):
             small = model.slice(d)
-            assert small.config.ladder == model.ladder and small.config.output_size == d and small.ladder == (d,)
+            assert small.ladder == model.ladder[: m + 1] and small.config.backbone == model.config.backbone
+            assert isinstance(small.backbone, TruncatedBackbone) == (d < 40)
             assert sum(p.numel() for p in small.backbone.parameters()) == sum(
-                p.numel() for p in model.backbone.parameters())
+                p.numel() for p in model.backbone.parameters()
+            )
+            assert small.item_embeddings().shape == (NUM_ITEMS + 1, 40)  # what the backbone reads
             scores = small.score(seq)
-            assert scores.shape == (1, 3, NUM_ITEMS + 1)
-            torch.testing.assert_close(scores[0], full[m], rtol=1e-5, atol=1e-5)
+            assert scores.shape == (m + 1, 3, NUM_ITEMS + 1)
+            torch.testing.assert_close(scores, full[: m + 1], rtol=1e-5, atol=1e-5)
             assert small.encode(seq).shape == (3, 8, d)
             backbone = model.backbone.slice(d)  # Backbone.slice: same semantics
             x = torch.randn(3, 8, 40)
             torch.testing.assert_close(backbone(x, seq != 0), model.backbone(x, seq != 0)[..., :d])
+        small = model.slice(12).slice(4)  # a cut backbone slices again
+        torch.testing.assert_close(small.score(seq), full[:1], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="not in the ladder"):
         model.slice(10)
     with pytest.raises(ValueError, match="not in the ladder"):
-        model.slice(12).slice(4)
-    with pytest.raises(SlicingNotSupported, match="not nested"):  # the nested-weights walker still refuses
+        model.slice(12).slice(40)
+    with pytest.raises(TypeError, match="no sliced_state"):  # the nested-weights walker refuses dense weights
         sliced_state_dict(model, 12)
-    with pytest.raises(ValueError, match="sasrec_heads"):
-        ModelConfig(ladder=(4, 10), backbone="sasrec", sasrec_heads=4)
-    with pytest.raises(ValueError, match="output_size"):
-        ModelConfig(ladder=(4, 12), backbone="sasrec", output_size=8)
+    with pytest.raises(ValueError, match="SASRecConfig.heads"):
+        ModelConfig(ladder=(4, 10), backbone=SASRecConfig(heads=4))
 
 
 def test_sliced_model_saves_and_loads(tmp_path):
@@ -86,4 +91,6 @@ def test_sliced_model_saves_and_loads(tmp_path):
     seq = torch.randint(0, NUM_ITEMS + 1, (2, 8))
     model.slice(12).save(tmp_path / "s")
     with torch.no_grad():
-        torch.testing.assert_close(MatryoshkaRecModel.load(tmp_path / "s").eval().score(seq), model.slice(12).score(seq))
+        torch.testing.assert_close(
+            MatryoshkaRecModel.load(tmp_path / "s").eval().score(seq), model.slice(12).score(seq)
+        )

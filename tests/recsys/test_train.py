@@ -1,23 +1,35 @@
-"""End-to-end training on a small dataset: loss drops, early stopping, exact resume, TensorBoard."""
+"""End-to-end training on a small dataset: loss drops, early stopping, exact resume, TensorBoard, and
+the one step path equal to the old single-process step."""
 
+import itertools
 import json
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from support import tiny_cfg
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from recsys.builders import build_dataset, build_model
 from recsys.data import SequenceDataset
+from recsys.evaluation.cli import main as eval_main
 from recsys.evaluation.evaluate import evaluate_split
-from recsys.training.trainer import Trainer, run
+from recsys.losses.sampled import item_popularity, sample_negatives, sampled_softmax_sum
+from recsys.training.early_stopping import EarlyStopping
+from recsys.training.runner import run
+from recsys.training.trainer import Trainer, seed_everything, warmup_cosine
 
 
 @pytest.mark.parametrize(
     "overrides, min_recall",
     [
         pytest.param(["trainer.max_epochs=6"], 0.4, id="lru"),
-        pytest.param(["backbone=sasrec", "backbone.num_blocks=1", "backbone.dropout=0.0", "trainer.max_epochs=4"],
-                     0.3, id="sasrec", marks=pytest.mark.slow),
+        pytest.param(
+            ["backbone=sasrec", "backbone.num_blocks=1", "backbone.dropout=0.0", "trainer.max_epochs=4"],
+            0.3,
+            id="sasrec",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_loss_drops_and_metrics_beat_chance(processed_dataset, tmp_path, overrides, min_recall):
@@ -60,8 +72,18 @@ def test_run_writes_metrics_plot_checkpoints_and_tensorboard(processed_dataset, 
     assert events.Tags()["images"], "metric-vs-size plot missing from TensorBoard"
 
 
+def test_recsys_eval_of_the_best_checkpoint_reproduces_the_test_metrics(processed_dataset, tmp_path, capsys):
+    out = run(tiny_cfg(processed_dataset, "trainer.max_epochs=1"), tmp_path / "run")
+    eval_main([f"run_dir={out['run_dir']}", "split=test", "checkpoint=best"])
+    assert "test metrics of" in capsys.readouterr().out
+    written = json.loads((out["run_dir"] / "eval_test_best.json").read_text())
+    assert written["metrics"] == json.loads((out["run_dir"] / "metrics.json").read_text())["test"]
+
+
 def test_early_stopping_stops_when_the_metric_stalls(processed_dataset, tmp_path):
-    cfg = tiny_cfg(processed_dataset, "trainer.max_epochs=10", "trainer.patience=2", "trainer.optimizer.lr=1e-12")
+    cfg = tiny_cfg(
+        processed_dataset, "trainer.max_epochs=10", "trainer.patience=2", "trainer.optimizer.lr=1e-12"
+    )
     out = run(cfg, tmp_path / "run")
     assert out["reason"] == "early_stopping"
     assert out["trainer"].epoch == 3  # first validation sets the best, two more without improvement
@@ -85,6 +107,18 @@ def test_resumed_run_equals_uninterrupted_run(processed_dataset, tmp_path):
     assert ma["test"] == mb["test"] and ma["validation"] == mb["validation"]
 
 
+def test_early_stopping_counts_non_finite_values_as_bad_and_round_trips_its_state():
+    stopper = EarlyStopping("ndcg@10", size=16, patience=2)
+    improved = [stopper.update(v, step) for step, v in enumerate([0.2, float("nan"), 0.3, 0.1])]
+    assert improved == [True, False, True, False]
+    assert stopper.state_dict() == {"best_value": 0.3, "best_step": 2, "bad_validations": 1}
+    assert not stopper.should_stop
+    assert not stopper.update(float("inf"), 4) and stopper.should_stop
+    restored = EarlyStopping("ndcg@10", size=16, patience=2)
+    restored.load_state_dict(stopper.state_dict())
+    assert restored.state_dict() == stopper.state_dict() and restored.should_stop
+
+
 def test_all_sizes_evaluation_equals_evaluating_each_slice(processed_dataset, tmp_path):
     cfg = tiny_cfg(processed_dataset, "trainer.max_epochs=1")
     trainer = Trainer(cfg, tmp_path / "run")
@@ -95,3 +129,86 @@ def test_all_sizes_evaluation_equals_evaluating_each_slice(processed_dataset, tm
         alone = evaluate_split(trainer.model.slice(d), split, ks=(5, 10)).compute()
         assert alone[d] == pytest.approx(together[d], abs=1e-9)
     trainer.tb.close()
+
+
+# ---------------------------------------------------------------- one step path == the old single-process one
+STEPS = 8  # one epoch of the tiny dataset at batch size 32
+# dropout on (the step consumes the global RNG), trainable id table, clipping active on most steps
+EQUIVALENCE = [
+    "backbone.dropout=0.2",
+    "model.use_id_table=true",
+    "trainer.grad_clip=5.0",
+    "trainer.optimizer.lr=0.01",
+]
+LOSSES = {  # name: (sampled, overrides)
+    "full_softmax": (False, []),
+    "sampled_uniform": (True, ["loss=sampled_softmax", "loss.num_negatives=16"]),
+    "sampled_popularity": (
+        True,
+        ["loss=sampled_softmax", "loss.num_negatives=16", "loss.sampler=popularity"],
+    ),
+}
+
+
+def _reference_steps(cfg, steps: int, sampled: bool) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The single-process step as it was before the step paths were merged, from public pieces only.
+
+    Full softmax: the mean Matryoshka CE of ``model.loss`` backpropagated as is. Sampled softmax:
+    the summed loss divided by the batch's target count, negatives from a generator seeded by
+    (seed, step). Both: ``clip_grad_norm_`` over ``model.parameters()``, AdamW, warmup + cosine.
+    """
+    seed_everything(cfg.seed, cfg.trainer.deterministic)
+    dataset = build_dataset(cfg)
+    model = build_model(cfg, dataset)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = instantiate(cfg.trainer.optimizer)(params)
+    total_steps = cfg.trainer.max_epochs * dataset.num_train_batches(cfg.trainer.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(cfg.trainer.warmup_steps, total_steps, cfg.trainer.min_lr_ratio)
+    )
+    popularity = item_popularity(dataset._train_targets, dataset.num_items) if sampled else None
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    losses = []
+    model.train()
+    batches = dataset.train_batches(cfg.trainer.batch_size, epoch=0, seed=cfg.seed)
+    for step, (inputs, targets) in zip(range(steps), batches):
+        if sampled:
+            gen = torch.Generator().manual_seed((cfg.seed * 1_000_003 + step) * 1009)
+            q = popularity if cfg.loss.sampler == "popularity" else None
+            negatives = sample_negatives(int(cfg.loss.num_negatives), model.num_items, gen, q)
+            total, _, count = sampled_softmax_sum(model, inputs, targets, None, negatives, popularity, q)
+            loss = total / count
+        else:
+            loss, _ = model.loss(inputs, targets, None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+    final = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    assert max(float((final[k] - initial[k]).abs().max()) for k in final) > 1e-3  # it did train
+    return losses, final
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_one_step_path_equals_the_old_single_process_step(processed_dataset, tmp_path, loss):
+    sampled, overrides = LOSSES[loss]
+    cfg = tiny_cfg(processed_dataset, *EQUIVALENCE, *overrides)
+    ref_losses, ref_state = _reference_steps(cfg, STEPS, sampled)
+    trainer = Trainer(cfg, tmp_path / "run")
+    losses = []
+    batches = trainer.dataset.train_batches(cfg.trainer.batch_size, epoch=0, seed=cfg.seed)
+    for inputs, targets in itertools.islice(batches, STEPS):
+        losses.append(trainer.train_step(inputs, targets)[0])
+        trainer.step += 1
+    trainer.tb.close()
+    state = trainer.model.state_dict()
+    loss_diff = max(abs(a - b) / abs(b) for a, b in zip(losses, ref_losses))
+    weight_diff = max(float((state[k] - ref_state[k]).abs().max()) for k in ref_state)
+    print(f"{loss}: max relative loss difference {loss_diff:.2e}, max weight difference {weight_diff:.2e}")
+    assert len(losses) == STEPS
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    assert state.keys() == ref_state.keys()
+    for key in ref_state:
+        torch.testing.assert_close(state[key], ref_state[key], rtol=1e-5, atol=1e-6, msg=key)

@@ -13,33 +13,37 @@ from recsys.evaluation.evaluate import evaluate_split
 from recsys.evaluation.metrics import MetricAccumulator, target_ranks
 from recsys.losses.matryoshka import all_size_logits
 from recsys.model import MatryoshkaRecModel, ModelConfig
+from recsys.nn.lru import LRUConfig
 from recsys.training.checkpoint import CheckpointError, load_checkpoint
-from recsys.training.trainer import Trainer, run
+from recsys.training.runner import run
+from recsys.training.trainer import Trainer
 
 
 def _nan_after(loss_fn, good_steps: int):
     calls = {"n": 0}
 
     def wrapped(*args, **kwargs):
-        total, per_size = loss_fn(*args, **kwargs)
+        total, per_size, count = loss_fn(*args, **kwargs)
         calls["n"] += 1
-        return (total * float("nan"), per_size) if calls["n"] > good_steps else (total, per_size)
+        return (total * float("nan") if calls["n"] > good_steps else total), per_size, count
 
     return wrapped
 
 
 def test_nan_training_loss_stops_the_run_naming_the_step(processed_dataset, tmp_path):
     trainer = Trainer(tiny_cfg(processed_dataset), tmp_path / "run")
-    trainer.loss_fn = _nan_after(trainer.loss_fn, good_steps=2)
+    trainer.loss = _nan_after(trainer.loss, good_steps=2)
     with pytest.raises(FloatingPointError, match=r"non-finite training loss nan at step 3 "):
         trainer.fit()
-    assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), "the NaN step must not be applied"
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters()), (
+        "the NaN step must not be applied"
+    )
     trainer.tb.close()
 
 
 def test_nan_steps_are_skipped_up_to_the_configured_number(processed_dataset, tmp_path):
     trainer = Trainer(tiny_cfg(processed_dataset, "trainer.max_nonfinite_steps=2"), tmp_path / "run")
-    trainer.loss_fn = _nan_after(trainer.loss_fn, good_steps=1)
+    trainer.loss = _nan_after(trainer.loss, good_steps=1)
     with pytest.raises(FloatingPointError, match="at step 4 .*3 non-finite step"):
         trainer.fit()
     assert trainer.nonfinite_steps == 3
@@ -49,14 +53,15 @@ def test_nan_steps_are_skipped_up_to_the_configured_number(processed_dataset, tm
 def test_diverged_model_never_becomes_best(processed_dataset, tmp_path):
     trainer = Trainer(tiny_cfg(processed_dataset), tmp_path / "run")
     trainer.validate()
-    best_value, best_step = trainer.best_value, trainer.best_step
+    best = trainer.early_stopping.state_dict()
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.fill_(float("nan"))
     trainer.step += 1
     trainer.validate()
     assert trainer.val_history[-1]["value"] == 0.0  # every user a miss, not a perfect score
-    assert (trainer.best_value, trainer.best_step) == (best_value, best_step)
+    assert trainer.early_stopping.best_value == best["best_value"]
+    assert trainer.early_stopping.best_step == best["best_step"]
     best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["model"]
     assert all(torch.isfinite(v).all() for v in best.values() if v.is_floating_point())
     trainer.tb.close()
@@ -70,7 +75,9 @@ def test_test_best_without_best_checkpoint_is_an_error(processed_dataset, tmp_pa
 
 
 def test_run_without_a_scheduled_validation_still_validates_at_the_end(processed_dataset, tmp_path):
-    out = run(tiny_cfg(processed_dataset, "trainer.max_epochs=1", "trainer.val_every_n_steps=1000"), tmp_path / "r")
+    out = run(
+        tiny_cfg(processed_dataset, "trainer.max_epochs=1", "trainer.val_every_n_steps=1000"), tmp_path / "r"
+    )
     assert out["results"] is not None and (out["run_dir"] / "checkpoints" / "best.pt").is_file()
 
 
@@ -105,10 +112,31 @@ def test_resume_with_changed_settings_is_refused_unless_allowed(processed_datase
         assert key in str(err.value)
     assert (tmp_path / "part" / "config.yaml").read_text() == config_before
     out = run(
-        tiny_cfg(processed_dataset, f"resume={ckpt}", "trainer.max_epochs=4", "resume_allow_changes=[trainer.max_epochs]"),
+        tiny_cfg(
+            processed_dataset,
+            f"resume={ckpt}",
+            "trainer.max_epochs=4",
+            "resume_allow_changes=[trainer.max_epochs]",
+        ),
         tmp_path / "x",
     )
     assert out["trainer"].epoch == 4 and "max_epochs: 4" in (tmp_path / "part" / "config.yaml").read_text()
+
+
+def test_checkpoint_of_a_config_with_loss_name_still_resumes(processed_dataset, tmp_path):
+    """Configs stored before losses were built from ``loss._target_`` named them ``loss.name``."""
+    part = run(tiny_cfg(processed_dataset, "trainer.stop_after_steps=3"), tmp_path / "part")
+    ckpt = tmp_path / "part" / "checkpoints" / "last.pt"
+    state = torch.load(ckpt, weights_only=True)
+    state["config"]["loss"] = {
+        "name": "full_softmax",
+        "size_weights": None,
+        "num_negatives": 256,
+        "sampler": "uniform",
+    }
+    torch.save(state, ckpt)
+    out = run(tiny_cfg(processed_dataset, f"resume={ckpt}", "test_at_end=false"), tmp_path / "x")
+    assert out["run_dir"] == part["run_dir"] and out["trainer"].step > 3
 
 
 def test_resume_true_in_a_chosen_directory_never_picks_a_sibling_run(processed_dataset, tmp_path):
@@ -120,7 +148,8 @@ def test_resume_true_in_a_chosen_directory_never_picks_a_sibling_run(processed_d
 def _offset_model(offset: float) -> MatryoshkaRecModel:
     """A model whose item embeddings share a large mean direction (|mean|^2/d = offset^2)."""
     torch.manual_seed(0)
-    model = MatryoshkaRecModel(ModelConfig(ladder=(8, 64, 256), num_blocks=1, dropout=0.0), 400, {"text": 16})
+    config = ModelConfig(ladder=(8, 64, 256), backbone=LRUConfig(num_blocks=1, dropout=0.0))
+    model = MatryoshkaRecModel(config, 400, {"text": 16})
     base = model.item_embeddings
 
     def shifted():

@@ -27,7 +27,9 @@ def reseal_export(export_dir: Path) -> None:
         folder = export_dir / entry["dir"]
         if not folder.is_dir():
             continue
-        sums = {p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "checksums.json"}
+        sums = {
+            p.name: sha256(p) for p in sorted(folder.iterdir()) if p.is_file() and p.name != "checksums.json"
+        }
         (folder / "checksums.json").write_text(json.dumps(sums, indent=2, sort_keys=True))
         root[f"{entry['dir']}/checksums.json"] = sha256(folder / "checksums.json")
     (export_dir / "checksums.json").write_text(json.dumps(root, indent=2, sort_keys=True))

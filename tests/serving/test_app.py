@@ -33,7 +33,12 @@ def test_valid_recommend(client):
     r = client.post("/recommend", json={"history": history, "k": 10, "tier": "d8", "exclude_seen": True})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["tier"] == "d8" and body["size"] == 8 and body["truncated"] is False and body["unknown_items"] == []
+    assert (
+        body["tier"] == "d8"
+        and body["size"] == 8
+        and body["truncated"] is False
+        and body["unknown_items"] == []
+    )
     assert len(body["items"]) == len(body["scores"]) == 10
     assert all(i.startswith("i") for i in body["items"]) and not set(body["items"]) & set(history)
     assert body["scores"] == sorted(body["scores"], reverse=True)
@@ -97,7 +102,9 @@ def test_oversized_body_is_413(client):
 
 def test_funnel_endpoint(client):
     history = ["i20", "i21"]
-    full = client.post("/funnel", json={"history": history, "k": 5, "small": "d4", "large": "d16", "shortlist": 60})
+    full = client.post(
+        "/funnel", json={"history": history, "k": 5, "small": "d4", "large": "d16", "shortlist": 60}
+    )
     assert full.status_code == 200, full.text
     exact = client.post("/recommend", json={"history": history, "k": 5, "tier": "d16"}).json()
     assert full.json()["items"] == exact["items"]
@@ -107,14 +114,33 @@ def test_funnel_endpoint(client):
 
 def test_garbage_bodies_never_500(client):
     rng = random.Random(0)
-    samples = [b"", b"null", b"[]", b"{}", b"\xff\xfe\x00", b'{"history": {"a": 1}}', b'{"history": [[1]]}',
-               b'{"history": ["i1"], "k": 1e308}', b'{"history": ["i1"], "k": 99999999999999999999999}',
-               b'{"history": ["i1"], "tier": null}', b'{"history": ["i1"], "exclude_seen": "yes"}',
-               b'{"history": ["\\ud800"]}', b'"history"', b"NaN", b'{"history": ["i1"], "k": NaN}']
+    samples = [
+        b"",
+        b"null",
+        b"[]",
+        b"{}",
+        b"\xff\xfe\x00",
+        b'{"history": {"a": 1}}',
+        b'{"history": [[1]]}',
+        b'{"history": ["i1"], "k": 1e308}',
+        b'{"history": ["i1"], "k": 99999999999999999999999}',
+        b'{"history": ["i1"], "tier": null}',
+        b'{"history": ["i1"], "exclude_seen": "yes"}',
+        b'{"history": ["\\ud800"]}',
+        b'"history"',
+        b"NaN",
+        b'{"history": ["i1"], "k": NaN}',
+    ]
     samples += [bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 200))) for _ in range(40)]
-    samples += [json.dumps({"history": [rng.choice(["i1", 3, -1, "", "i" * 500])
-                                        for _ in range(rng.randint(0, 30))],
-                            "k": rng.choice([1, 5, 0, 60, 61, -1, 10**20])}).encode() for _ in range(40)]
+    samples += [
+        json.dumps(
+            {
+                "history": [rng.choice(["i1", 3, -1, "", "i" * 500]) for _ in range(rng.randint(0, 30))],
+                "k": rng.choice([1, 5, 0, 60, 61, -1, 10**20]),
+            }
+        ).encode()
+        for _ in range(40)
+    ]
     for body in samples:
         for path in ("/recommend", "/funnel"):
             for ctype in ("application/json", "text/plain"):

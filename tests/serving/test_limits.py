@@ -98,8 +98,11 @@ def test_openapi_schema_matches_behaviour(client):
         assert props["history"]["minItems"] == 1 and props["history"]["maxItems"] == 1000, props["history"]
         assert props["k"]["minimum"] == 1 and props["k"]["maximum"] == 60, props["k"]
     assert schemas["FunnelRequest"]["properties"]["shortlist"]["minimum"] == 1
-    for payload, needle in (({"history": []}, "empty"), ({"history": ["i1"], "k": 0}, "k must be"),
-                            ({"history": ["i1"], "k": 61}, "k must be")):
+    for payload, needle in (
+        ({"history": []}, "empty"),
+        ({"history": ["i1"], "k": 0}, "k must be"),
+        ({"history": ["i1"], "k": 61}, "k must be"),
+    ):
         r = client.post("/recommend", json=payload)
         assert r.status_code == 422 and needle in r.json()["error"], r.text
 
@@ -160,7 +163,9 @@ def test_live_server_times_out_partial_headers_and_bodies(app):
             seconds = closed_within(s, 5)
             assert seconds is not None and seconds < 2.0, seconds
         with socket.create_connection(addr) as s:  # slowloris: a byte every 0.1 s never resets the clock
-            seconds = closed_within(s, 5, trickle=b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 100)
+            seconds = closed_within(
+                s, 5, trickle=b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Pad: " + b"a" * 100
+            )
             assert seconds is not None and seconds < 2.0, seconds
         with socket.create_connection(addr) as s:  # a normal request, then a partial second one
             s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -170,8 +175,10 @@ def test_live_server_times_out_partial_headers_and_bodies(app):
             assert seconds is not None and seconds < 2.0, seconds
         with socket.create_connection(addr) as s:  # headers done, body never finished: 408
             start = time.monotonic()
-            s.sendall(b"POST /recommend HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
-                      b"content-length: 100\r\n\r\n{\"hist")
+            s.sendall(
+                b"POST /recommend HTTP/1.1\r\nHost: localhost\r\ncontent-type: application/json\r\n"
+                b'content-length: 100\r\n\r\n{"hist'
+            )
             head = read_response(s, 5)
             assert head.startswith(b"HTTP/1.1 408") and time.monotonic() - start < 2.0, head
         with socket.create_connection(addr) as s:  # headers over max_header_bytes: 4xx at once
@@ -216,9 +223,25 @@ def test_cli_passes_the_limits_to_uvicorn(export_dir, served):
         info = c.get("/info").json()
     assert info["max_history"] == 1000 and info["max_body_bytes"] == 1 << 20 and info["body_timeout_s"] == 10
 
-    cli.main([str(export_dir), "--timeout-keep-alive", "2", "--header-timeout", "3", "--body-timeout", "4",
-              "--limit-concurrency", "7", "--max-header-bytes", "4096", "--max-history", "50",
-              "--max-body-bytes", "2048"])
+    cli.main(
+        [
+            str(export_dir),
+            "--timeout-keep-alive",
+            "2",
+            "--header-timeout",
+            "3",
+            "--body-timeout",
+            "4",
+            "--limit-concurrency",
+            "7",
+            "--max-header-bytes",
+            "4096",
+            "--max-history",
+            "50",
+            "--max-body-bytes",
+            "2048",
+        ]
+    )
     config = served[-1]
     assert config.timeout_keep_alive == 2 and config.limit_concurrency == 7
     assert config.h11_max_incomplete_event_size == 4096 and config.http.header_timeout == 3

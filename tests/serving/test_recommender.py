@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from support import trained_export
@@ -128,8 +130,25 @@ def test_optional_faiss_ann_matches_exact_top_k(export_dir, kind):
         if kind == "flat":
             assert all(o == 1.0 for o in overlap)
             for a, b in zip(got, want):
-                torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-4, atol=1e-4)
+                torch.testing.assert_close(
+                    torch.tensor(a.scores), torch.tensor(b.scores), rtol=1e-4, atol=1e-4
+                )
         else:
             assert sum(overlap) / len(overlap) > 0.9
         if exclude_seen:
             assert all(not set(g.items) & set(h) for g, h in zip(got, histories))
+
+
+def test_nan_scores_are_never_returned(export_dir, monkeypatch):
+    rec = TierSet(export_dir).get("d16")
+
+    def broken(batch, engine):  # a model whose scores for items 1..10 are NaN
+        scores = original(batch, engine).clone()
+        scores[:, 1:11] = float("nan")
+        return scores
+
+    original = rec.artifact.scores
+    monkeypatch.setattr(rec.artifact, "scores", broken)
+    out = rec.query(["i3", "i4"], k=5)
+    assert len(out.items) == 5 and not set(out.items) & {f"i{i}" for i in range(1, 11)}
+    assert all(math.isfinite(v) for v in out.scores)

@@ -15,8 +15,9 @@ import torch
 import uvicorn
 from serving_helpers import reference_digest, sha256
 
+from recsys.export import artifact
 from recsys.export.artifact import ArtifactError, load_artifact
-from serving import artifact, cli
+from serving import cli
 from serving.recommender import Recommender
 from serving.tiers import TierSet, load_tiers_file
 
@@ -115,7 +116,9 @@ def test_digest_matches_the_documented_shell_command(export_copy):
 
 def test_tampered_index_json_is_detected(export_copy):
     TierSet(export_copy)
-    edit_json(export_copy / "index.json", lambda i: i["entries"]["8"]["metrics"]["test"].update({"ndcg@10": 0.99}))
+    edit_json(
+        export_copy / "index.json", lambda i: i["entries"]["8"]["metrics"]["test"].update({"ndcg@10": 0.99})
+    )
     with pytest.raises(ArtifactError, match="index.json"):
         TierSet(export_copy)
     TierSet(export_copy, verify=False)  # opting out still loads
@@ -139,9 +142,20 @@ def test_tampered_size_checksums_file_is_detected(export_copy, reseal):
 
 
 # ---------------------------------------------------------------------------- item 6: paths
-@pytest.mark.parametrize("where", ["index-dotdot", "index-absolute", "index-nested", "index-symlink",
-                                   "program-dotdot", "program-absolute", "program-nested", "file-symlink",
-                                   "checksums-dotdot"])
+@pytest.mark.parametrize(
+    "where",
+    [
+        "index-dotdot",
+        "index-absolute",
+        "index-nested",
+        "index-symlink",
+        "program-dotdot",
+        "program-absolute",
+        "program-nested",
+        "file-symlink",
+        "checksums-dotdot",
+    ],
+)
 def test_paths_must_resolve_inside_the_export(export_copy, tmp_path, reseal, export_loads, where):
     outside = tmp_path / "outside"
     shutil.copytree(export_copy / "d0016", outside)
@@ -199,6 +213,23 @@ def test_config_width_must_match_its_size(export_copy, reseal):
         load_artifact(export_copy / "d0008")
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda c: c.update(version=1), "re-export"),
+        (lambda c: c["model_config"]["backbone"].update(_target_="os.system"), "unknown backbone config"),
+        (lambda c: c["model_config"]["backbone"].update(command="rm -rf /"), "no fields"),
+        (lambda c: c["model_config"]["backbone"].update(ladder=[4, 16]), "does not fit"),
+        (lambda c: c["model_config"]["backbone"].update(max_len=99), "does not fit"),
+    ],
+)
+def test_config_json_backbone_is_rebuilt_only_from_registered_classes(export_copy, reseal, change, message):
+    edit_json(export_copy / "d0008" / "config.json", change)
+    reseal(export_copy)
+    with pytest.raises(ArtifactError, match=rf"d0008/config.json.*{message}"):
+        load_artifact(export_copy / "d0008")
+
+
 def test_tiers_file_with_a_yaml_error_names_the_file(export_copy, tmp_path, served):
     bad = tmp_path / "tiers.yaml"
     bad.write_text("tiers: {small: 4\n  large: [16\n")
@@ -232,12 +263,21 @@ def test_config_json_missing_a_field_names_the_file(export_copy, reseal, key):
         load_artifact(export_copy / "d0008")
 
 
-@pytest.mark.parametrize("change", [lambda i: i.pop("entries"), lambda i: i.update(sizes="4"),
-                                    lambda i: i["entries"].pop("8"), lambda i: i["entries"]["8"].pop("dir")])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda i: i.pop("entries"),
+        lambda i: i.update(sizes="4"),
+        lambda i: i["entries"].pop("8"),
+        lambda i: i["entries"]["8"].pop("dir"),
+    ],
+)
 def test_malformed_index_json_names_the_file(export_copy, reseal, change):
     edit_json(export_copy / "index.json", change)
     reseal_safe = json.loads((export_copy / "index.json").read_text())
-    if isinstance(reseal_safe.get("entries"), dict) and all("dir" in e for e in reseal_safe["entries"].values()):
+    if isinstance(reseal_safe.get("entries"), dict) and all(
+        "dir" in e for e in reseal_safe["entries"].values()
+    ):
         reseal(export_copy)
     with pytest.raises(ArtifactError, match="index.json"):
         TierSet(export_copy, verify=False)

@@ -1,0 +1,52 @@
+"""``recsys-eval run_dir=RUN_DIR [split=test|validation] [checkpoint=best|last|PATH] [filter_history=...]``.
+
+Evaluates a trained run's checkpoint at every size of its ladder, prints the table and writes
+``RUN_DIR/eval_{split}_{checkpoint}.json``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from data_prep.io import write_json_atomic
+from recsys.builders import build_dataset, build_model
+from recsys.evaluation.evaluate import evaluate_split
+from recsys.evaluation.reporting import SizeMetrics, format_table, jsonable_metrics
+from recsys.training.checkpoint import load_checkpoint
+
+USAGE = (
+    "usage: recsys-eval run_dir=RUN_DIR [split=test|validation] [checkpoint=best|last|PATH] "
+    "[filter_history=true|false]"
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
+    if "run_dir" not in args:
+        raise SystemExit(USAGE)
+    run_dir = Path(args.run_dir)
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    split_name = args.get("split", "test")
+    ckpt = args.get("checkpoint", "best")
+    ckpt_path = run_dir / "checkpoints" / f"{ckpt}.pt" if ckpt in ("best", "last") else Path(ckpt)
+    filter_history = bool(args.get("filter_history", cfg.eval.filter_history))
+    dataset = build_dataset(cfg)
+    model = build_model(cfg, dataset)
+    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
+    results: SizeMetrics = evaluate_split(
+        model, dataset.split(split_name), cfg.eval.ks, filter_history, cfg.eval.batch_size
+    ).compute()
+    print(
+        format_table(results, title=f"{split_name} metrics of {ckpt_path} (filter_history={filter_history})")
+    )
+    out = run_dir / f"eval_{split_name}_{ckpt_path.stem}.json"
+    summary = {"split": split_name, "checkpoint": str(ckpt_path), "filter_history": filter_history}
+    write_json_atomic(out, {**summary, "metrics": jsonable_metrics(results)})
+    print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
