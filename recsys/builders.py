@@ -7,12 +7,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from recsys.config import BUILTIN_DATASETS, effective_ladder
 from recsys.data import SequenceDataset
 from recsys.model import MatryoshkaRecModel, ModelConfig
 from recsys.nn import BackboneConfig, registered_backbones
+from recsys.training.checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -81,3 +82,33 @@ def build_model(cfg: DictConfig, dataset: SequenceDataset) -> MatryoshkaRecModel
     )
     model.load_item_features(features)
     return model
+
+
+def resolve_run(target: str | Path, checkpoint: str = "best") -> tuple[Path, Path]:
+    """(run_dir, checkpoint path) from a run directory or a checkpoint file."""
+    target = Path(target)
+    if target.is_file():
+        return target.parent.parent, target
+    if not (target / "config.yaml").is_file():
+        raise FileNotFoundError(f"{target} is neither a run directory (no config.yaml) nor a checkpoint file")
+    if checkpoint in ("best", "last"):
+        ckpt = target / "checkpoints" / f"{checkpoint}.pt"
+    else:
+        ckpt = Path(checkpoint)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    return target, ckpt
+
+
+def load_run(run_dir: Path, ckpt: Path) -> tuple[DictConfig, SequenceDataset, MatryoshkaRecModel]:
+    """A trained run: (its config, its dataset, the model in eval mode with ``ckpt``'s weights).
+
+    Shared by ``recsys-eval``, ``recsys-export`` and the benchmarks; see :func:`resolve_run` for ``ckpt``."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run_dir}: no config.yaml; is this a run directory?")
+    cfg = OmegaConf.load(cfg_path)
+    dataset = build_dataset(cfg)
+    model = build_model(cfg, dataset)
+    model.load_state_dict(load_checkpoint(ckpt)["model"])
+    return cfg, dataset, model.eval()

@@ -7,15 +7,13 @@ Evaluates a trained run's checkpoint at every size of its ladder, prints the tab
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from data_prep.io import write_json_atomic
-from recsys.builders import build_dataset, build_model
+from recsys.builders import load_run, resolve_run
 from recsys.evaluation.evaluate import evaluate_split
 from recsys.evaluation.reporting import SizeMetrics, format_table, jsonable_metrics
-from recsys.training.checkpoint import load_checkpoint
 
 USAGE = (
     "usage: recsys-eval run_dir=RUN_DIR [split=test|validation] [checkpoint=best|last|PATH] "
@@ -27,15 +25,10 @@ def main(argv: list[str] | None = None) -> None:
     args = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
     if "run_dir" not in args:
         raise SystemExit(USAGE)
-    run_dir = Path(args.run_dir)
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    run_dir, ckpt_path = resolve_run(args.run_dir, str(args.get("checkpoint", "best")))
+    cfg, dataset, model = load_run(run_dir, ckpt_path)
     split_name = args.get("split", "test")
-    ckpt = args.get("checkpoint", "best")
-    ckpt_path = run_dir / "checkpoints" / f"{ckpt}.pt" if ckpt in ("best", "last") else Path(ckpt)
     filter_history = bool(args.get("filter_history", cfg.eval.filter_history))
-    dataset = build_dataset(cfg)
-    model = build_model(cfg, dataset)
-    model.load_state_dict(load_checkpoint(ckpt_path)["model"])
     results: SizeMetrics = evaluate_split(
         model, dataset.split(split_name), cfg.eval.ks, filter_history, cfg.eval.batch_size
     ).compute()

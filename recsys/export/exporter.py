@@ -45,11 +45,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
-from recsys.builders import build_dataset, build_model
-from recsys.data import SequenceDataset
+from recsys.builders import load_run, resolve_run
 from recsys.export.artifact import (
     CONFIG_FILE,
     FORMAT,
@@ -71,7 +69,6 @@ from recsys.export.artifact import (
 )
 from recsys.model import MatryoshkaRecModel
 from recsys.nn import build_backbone
-from recsys.training.checkpoint import load_checkpoint
 
 log = logging.getLogger("recsys.export.exporter")
 PARITY_KS = (10, 50)
@@ -80,35 +77,6 @@ PARITY_RTOL = 1e-4
 
 class ParityError(AssertionError):
     """An artifact does not reproduce the trained model's size-d ranking."""
-
-
-# ---------------------------------------------------------------------------- loading the run
-def resolve_run(target: str | Path, checkpoint: str = "best") -> tuple[Path, Path]:
-    """(run_dir, checkpoint path) from a run directory or a checkpoint file."""
-    target = Path(target)
-    if target.is_file():
-        return target.parent.parent, target
-    if not (target / "config.yaml").is_file():
-        raise FileNotFoundError(f"{target} is neither a run directory (no config.yaml) nor a checkpoint file")
-    if checkpoint in ("best", "last"):
-        ckpt = target / "checkpoints" / f"{checkpoint}.pt"
-    else:
-        ckpt = Path(checkpoint)
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
-    return target, ckpt
-
-
-def load_trained(run_dir: Path, ckpt: Path) -> tuple[DictConfig, SequenceDataset, MatryoshkaRecModel]:
-    """(cfg, dataset, model in eval mode with the checkpoint's weights)."""
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no config.yaml; is this a run directory?")
-    cfg = OmegaConf.load(cfg_path)
-    dataset = build_dataset(cfg)
-    model = build_model(cfg, dataset)
-    model.load_state_dict(load_checkpoint(ckpt)["model"])
-    return cfg, dataset, model.eval()
 
 
 def parse_sizes(text: str | None, ladder: tuple[int, ...]) -> list[int]:
@@ -282,7 +250,7 @@ def export_run(
 ) -> dict[str, Any]:
     """Export every size; returns the index written to OUT/index.json."""
     run_dir, ckpt = resolve_run(target, checkpoint)
-    cfg, dataset, model = load_trained(run_dir, ckpt)
+    cfg, dataset, model = load_run(run_dir, ckpt)
     sizes = parse_sizes(
         sizes if isinstance(sizes, str) or sizes is None else ",".join(map(str, sizes)), tuple(model.ladder)
     )

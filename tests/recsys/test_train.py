@@ -14,6 +14,7 @@ from recsys.builders import build_dataset, build_model
 from recsys.data import SequenceDataset
 from recsys.evaluation.cli import main as eval_main
 from recsys.evaluation.evaluate import evaluate_split
+from recsys.losses.matryoshka import full_softmax_sum
 from recsys.losses.sampled import item_popularity, sample_negatives, sampled_softmax_sum
 from recsys.training.early_stopping import EarlyStopping
 from recsys.training.runner import run
@@ -212,3 +213,19 @@ def test_one_step_path_equals_the_old_single_process_step(processed_dataset, tmp
     assert state.keys() == ref_state.keys()
     for key in ref_state:
         torch.testing.assert_close(state[key], ref_state[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_sampled_softmax_training_lowers_the_full_softmax_loss(processed_dataset, tmp_path):
+    cfg = tiny_cfg(processed_dataset, "loss=sampled_softmax", "loss.num_negatives=16", "trainer.max_epochs=4")
+    trainer = Trainer(cfg, tmp_path / "run")
+    x, y = next(trainer.dataset.train_batches(64, epoch=0, seed=0))
+
+    def full_loss():
+        with torch.no_grad():
+            total, _, count = full_softmax_sum(trainer.model, x, y, None)
+        return float(total) / count
+
+    before = full_loss()
+    trainer.fit()
+    assert full_loss() < 0.8 * before
+    trainer.tb.close()
