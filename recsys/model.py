@@ -4,6 +4,8 @@
     nested item-id table (optional)          --+--> Projector --> E (N+1, D), row 0 = 0
     seq (B, L) --> E[seq] --> dropout --> Backbone (LRU, nested) --> h (B, L, D)
     scores at size d: h[:, :d] . E[:, :d]^T;  loss: Matryoshka CE over every size
+    scoring (``score``) reads the last position only: ``encode_last`` computes just that
+    (``Backbone.forward_last``); training (``encode``) every position
 
 Every weight is nested (see recsys/nn/nested.py), so ``model.slice(d)`` is an ordinary model
 of width d whose scores equal this model's size-d scores. A backbone whose weights are not
@@ -160,6 +162,19 @@ class MatryoshkaRecModel(nn.Module):
         x = self.input_dropout(item_emb[seq])  # (B, L, D)
         return self.backbone(x, seq != 0)
 
+    def encode_last(
+        self, seq: torch.Tensor, item_emb: torch.Tensor | None = None, cache: dict | None = None
+    ) -> torch.Tensor:
+        """seq (B, L) left-padded -> (B, d): ``encode(seq)[:, -1]``, computing only what the last
+        position needs (``Backbone.forward_last``), as scoring reads nothing else. ``cache``: a dict
+        kept across calls with the same ``item_emb`` and unchanged weights (inference only), where
+        the backbone keeps what it computes per catalog item (``Backbone.forward_last_items``)."""
+        if item_emb is None:
+            item_emb = self.item_embeddings()
+        if self.training and self.input_dropout.p > 0:  # dropout draws per position, not per item
+            return self.backbone.forward_last(self.input_dropout(item_emb[seq]), seq != 0)
+        return self.backbone.forward_last_items(item_emb, seq, cache)
+
     def loss(
         self, seq: torch.Tensor, targets: torch.Tensor, size_weights: Sequence[float] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -172,17 +187,22 @@ class MatryoshkaRecModel(nn.Module):
         )
 
     def score(
-        self, seq: torch.Tensor, item_emb: torch.Tensor | None = None, dtype: torch.dtype | None = None
+        self,
+        seq: torch.Tensor,
+        item_emb: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+        cache: dict | None = None,
     ) -> torch.Tensor:
         """seq (B, L) left-padded -> (M, B, N+1) scores of the last position at every size; column 0 = -inf.
 
         ``dtype`` (e.g. ``torch.float64``): the final dot products are accumulated in that precision.
         Evaluation uses float64 because every score carries a common offset that grows with d (item
         embeddings share a mean direction), so float32 rounding would reorder near-ties at large d.
+        ``cache``: see :meth:`encode_last` (evaluation passes one dict for all its batches).
         """
         if item_emb is None:
             item_emb = self.item_embeddings()
-        last = self.encode(seq, item_emb)[:, -1]  # (B, d)
+        last = self.encode_last(seq, item_emb, cache)  # (B, d)
         if dtype is not None:
             last, item_emb = last.to(dtype), item_emb.to(dtype)
         return score_items(last, item_emb, self.ladder)  # (M, B, N+1)

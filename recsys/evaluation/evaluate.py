@@ -26,9 +26,10 @@ def evaluate_split(
 ) -> MetricAccumulator:
     """Rank every catalog item for each user of ``split`` at every size of ``model.ladder``.
 
-    The catalog embeddings (N+1, D) are computed once; each batch costs one backbone pass and
-    one fused all-sizes scoring. ``user_range`` restricts to users [start, stop) (used to shard
-    users across ranks). Returns the accumulator of per-user sums (call ``.compute()``). Users whose
+    The catalog embeddings (N+1, D) are computed once (and what the backbone computes per catalog
+    item, kept in a cache for every batch); each batch costs one backbone pass, only what the last
+    position needs (``model.score``), and one fused all-sizes scoring. ``user_range`` restricts to
+    users [start, stop) (used to shard users across ranks). Returns the accumulator of per-user sums (call ``.compute()``). Users whose
     scores hold a NaN or +inf count as misses and are logged (``split_name``) and counted
     (``acc.nonfinite_users()``).
     """
@@ -36,11 +37,13 @@ def evaluate_split(
     model.eval()
     acc = MetricAccumulator(sizes=tuple(model.ladder), ks=validate_ks(ks, model.num_items))
     item_emb = model.item_embeddings()
+    cache: dict = {}  # what the backbone computes per catalog item, once for every batch
     start, stop = user_range if user_range is not None else (0, len(split))
     for inputs, targets, history in split.batches(batch_size, start, stop):
         inputs, targets, history = inputs.to(device), targets.to(device), history.to(device)
-        # float64 dot products: fp32 rounding of the large common score offset reorders near-ties
-        scores = model.score(inputs, item_emb, dtype=torch.float64)  # (M, B, N+1), padding column -inf
+        # float64 dot products: fp32 rounding of the large common score offset reorders near-ties;
+        # (M, B, N+1), padding column -inf
+        scores = model.score(inputs, item_emb, dtype=torch.float64, cache=cache)
         if filter_history:
             scores = mask_history(scores, history, targets)
         acc.update(scores, targets)

@@ -314,7 +314,7 @@ class InferenceModule(torch.nn.Module):
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         """history (B, L) -> (B, d) hidden state of the last position."""
         x = (self.input_embeddings if self.separate_inputs else self.item_embeddings)[history]  # (B, L, D)
-        return self.backbone(x, history != 0)[:, -1]
+        return self.backbone.forward_last(x, history != 0)  # only what the last position needs
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """history (B, L) -> (B, N+1) scores."""

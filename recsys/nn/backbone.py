@@ -19,6 +19,11 @@ recsys/config.py), and ``model.py`` needs no change. Every parameter must sit in
 declares its nesting (``sliced_state(d)``, see nested.py), so ``slice(d)`` works for any backbone
 without backbone-specific code.
 
+Inference reads only the last position: ``forward_last(x, pad_mask)`` (B, D) defaults to
+``forward(x, pad_mask)[:, -1]``, and ``forward_last_items(items, seq)`` (the inputs as a per-item
+table and ids) to ``forward_last(items[seq], seq != 0)``; a backbone overrides them to skip the
+work no later position needs (lru, mamba and sasrec do). Training uses ``forward``.
+
 A backbone whose weights are not nested sets ``nested = False`` (sasrec): its ``slice(d)`` keeps
 every weight and cuts the output to ``[:d]`` (:class:`TruncatedBackbone`).
 
@@ -164,6 +169,22 @@ class Backbone(nn.Module):
         """x (B, L, D), pad_mask (B, L) bool, True = real item -> hidden (B, L, D)."""
         raise NotImplementedError
 
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D): the hidden state of the last position only, equal
+        to ``self(x, pad_mask)[:, -1]`` (inference: scoring reads nothing else). A backbone may
+        override it to skip the work no later position needs; this fallback runs the full forward."""
+        return self(x, pad_mask)[:, -1]
+
+    def forward_last_items(
+        self, items: torch.Tensor, seq: torch.Tensor, cache: dict | None = None
+    ) -> torch.Tensor:
+        """items (N+1, D) the input of each item id (row 0: padding), seq (B, L) ids, 0 = padding ->
+        (B, D): ``forward_last(items[seq], seq != 0)``. A backbone may override it to run per item of
+        the catalog what it would run per position (lru with one block), keeping what it computed
+        from ``items`` in ``cache`` (a dict the caller passes again with the same ``items`` and
+        unchanged weights, e.g. across the batches of one evaluation; inference only)."""
+        return self.forward_last(items[seq], seq != 0)
+
     def slice(self, d: int) -> Backbone:
         """Standalone backbone whose output is this one's ``[..., :d]`` (ValueError if d is not in the
         ladder): the ``[:d]`` slices of the weights at width d, or, not nested, every weight and
@@ -201,6 +222,16 @@ class TruncatedBackbone(Backbone):
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) -> (B, L, size)."""
         return self.inner(x, pad_mask)[..., : self.size]
+
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, size), the last position only."""
+        return self.inner.forward_last(x, pad_mask)[..., : self.size]
+
+    def forward_last_items(
+        self, items: torch.Tensor, seq: torch.Tensor, cache: dict | None = None
+    ) -> torch.Tensor:
+        """items (N+1, D), seq (B, L) -> (B, size), the last position only."""
+        return self.inner.forward_last_items(items, seq, cache)[..., : self.size]
 
     def slice(self, d: int) -> Backbone:
         truncate_ladder(truncate_ladder(self.config.ladder, self.size), d)  # d <= size

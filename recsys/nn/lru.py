@@ -13,6 +13,11 @@ input chunks <= j only and output chunk j reads state chunks <= j only.
 The recurrence is a first-order linear scan, solved in O(log L) depth by recursive doubling
 (Hillis-Steele) on pairs (a_t, b_t) with h_t = a_t h_{t-1} + b_t. Padding positions get a = 1,
 b = 0: they never change the state, wherever they are.
+
+Inference needs the last position only (``forward_last``): the last block's LRU state h_L is one
+weighted sum, ``sum_t gamma * lambda^(n_t) * (B x_t)`` with n_t the real positions after t, and its
+output map, the FFN and the norms run at that position alone. With one block the input map runs
+once per catalog item, not per position (``forward_last_items``).
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recsys.nn.backbone import Backbone, BackboneConfig, is_int, is_real, register_backbone
 from recsys.nn.nested import NestedGatedFFN, NestedLayerNorm, NestedLinear
+
+#: elements of one (rows, L, D) temporary of LRU.forward_last_items (complex64: 8 MiB)
+LAST_CHUNK_ELEMENTS = 1 << 20
 
 
 @dataclass
@@ -136,6 +145,54 @@ class LRU(nn.Module):
         h = linear_scan(decay, bx)  # (B, L, D) complex
         return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x
 
+    # Inference at the last position only. The last state is one weighted sum instead of a scan:
+    # h_L = sum_t gamma * lambda^(n_t) * (B x_t), n_t = the real positions after t (padding keeps
+    # the state, so it does not count, and its input is 0, so its weight is 0).
+    def _last_weights(self, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """pad_mask (B, L) -> powers (L+1, D) complex, ``gamma * lambda^n`` for n < L and 0 in row L,
+        and index (B, L) long: the row weighting position t (n_t, or L at padding)."""
+        length = pad_mask.shape[1]
+        counts = pad_mask.flip(1).long().cumsum(1).flip(1)  # (B, L): real positions s >= t (exact)
+        after = torch.cat([counts[:, 1:], torch.zeros_like(counts[:, :1])], dim=1)  # s > t
+        gamma = torch.exp(self.gamma_log)  # (D,)
+        n = torch.arange(length, device=pad_mask.device, dtype=gamma.dtype)[:, None]  # (L, 1)
+        log_lam = torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))  # lambda = exp(log_lam)
+        powers = torch.exp(n * log_lam) * gamma  # (L, D)
+        powers = torch.cat([powers, torch.zeros_like(powers[:1])])  # (L+1, D)
+        return powers, torch.where(pad_mask, after, length)
+
+    def _drive(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., D) -> B x (..., D) complex, in the parameters' precision: one GEMM whose output
+        interleaves the rows of B_re and B_im (real, imaginary pairs)."""
+        weight = torch.stack([self.B_re.effective_weight(), self.B_im.effective_weight()], dim=1)  # (D, 2, D)
+        out = F.linear(x, weight.flatten(0, 1)).to(self.gamma_log.dtype)  # (..., 2D)
+        return torch.view_as_complex(out.unflatten(-1, (-1, 2)))
+
+    def _readout(self, h: torch.Tensor, x_last: torch.Tensor) -> torch.Tensor:
+        """Last state h (B, D) complex, LRU input at the last position (B, D) -> output (B, D)."""
+        return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x_last
+
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D): ``forward(x, pad_mask)[:, -1]``, without the scan."""
+        powers, index = self._last_weights(pad_mask)
+        h = (powers[index] * self._drive(x)).sum(1)  # (B, D) complex
+        return self._readout(h, x[:, -1])
+
+    def forward_last_items(
+        self, items: torch.Tensor, seq: torch.Tensor, table: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """items (N+1, D): the LRU's input for each item id, seq (B, L) ids (0 = padding) ->
+        ``forward(items[seq], seq != 0)[:, -1]`` (B, D), B projected once per item, not per position.
+        ``table``: ``self._drive(items)`` (N+1, D) complex, when the caller already has it."""
+        powers, index = self._last_weights(seq != 0)
+        table = self._drive(items) if table is None else table  # (N+1, D) complex
+        h = powers.new_empty(seq.shape[0], powers.shape[1])
+        # rows in chunks: (rows, L, D) temporaries of ~8 MiB, reused by the allocator, not fresh pages
+        step = max(1, LAST_CHUNK_ELEMENTS // (seq.shape[1] * powers.shape[1]))
+        for a in range(0, seq.shape[0], step):
+            torch.sum(powers[index[a : a + step]] * table[seq[a : a + step]], dim=1, out=h[a : a + step])
+        return self._readout(h, items[seq[:, -1]])
+
     def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
         state = {n: getattr(self, n)[:d] for n in ("nu_log", "theta_log", "gamma_log", "skip")}
         for name in ("B_re", "B_im", "C_re", "C_im"):
@@ -161,6 +218,28 @@ class LRUBlock(nn.Module):
         x = x + self.dropout(self.lru(self.norm1(x), pad_mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D): ``forward(x, pad_mask)[:, -1]``; the LRU reads every
+        position, the rest (its output map, the FFN, the norms after it) runs at the last one only."""
+        x_last = x[:, -1] + self.dropout(self.lru.forward_last(self.norm1(x), pad_mask))
+        return x_last + self.dropout(self.ffn(self.norm2(x_last)))
+
+    def forward_last_items(
+        self, items: torch.Tensor, seq: torch.Tensor, cache: dict | None = None
+    ) -> torch.Tensor:
+        """items (N+1, D) per item id, seq (B, L) -> ``forward_last(items[seq], seq != 0)`` (B, D):
+        the norm and the LRU's input map run once per item of the catalog, and once per ``cache``
+        (a dict the caller keeps across batches while ``items`` and the weights stay unchanged)."""
+        hit = cache.get(self) if cache is not None else None
+        if hit is None or hit[0] is not items:
+            normed = self.norm1(items)
+            hit = (items, normed, self.lru._drive(normed))
+            if cache is not None:
+                cache[self] = hit
+        _, normed, table = hit
+        x_last = items[seq[:, -1]] + self.dropout(self.lru.forward_last_items(normed, seq, table))
+        return x_last + self.dropout(self.ffn(self.norm2(x_last)))
+
 
 @register_backbone(LRUConfig)
 class LRUBackbone(Backbone):
@@ -179,3 +258,22 @@ class LRUBackbone(Backbone):
         for block in self.blocks:
             x = block(x, pad_mask)
         return self.norm(x)
+
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D), the last position: every block but the last runs
+        over all positions (the next block's recurrence reads them), the last one only what h_L needs."""
+        for block in self.blocks[:-1]:
+            x = block(x, pad_mask)
+        return self.norm(self.blocks[-1].forward_last(x, pad_mask))
+
+    def forward_last_items(
+        self, items: torch.Tensor, seq: torch.Tensor, cache: dict | None = None
+    ) -> torch.Tensor:
+        """items (N+1, D), seq (B, L) -> (B, D), the last position of ``items[seq]``. One block and a
+        catalog smaller than the batch's positions (or a ``cache`` that already holds its tables):
+        the block's per-position maps run per item."""
+        block = self.blocks[0]
+        cached = cache is not None and block in cache and cache[block][0] is items
+        if len(self.blocks) > 1 or (items.shape[0] >= seq.numel() and not cached):
+            return super().forward_last_items(items, seq, cache)
+        return self.norm(block.forward_last_items(items, seq, cache))

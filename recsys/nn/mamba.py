@@ -116,6 +116,37 @@ def selective_scan_torch(u, delta, A, B, C, D, chunk_elements: int = SCAN_CHUNK_
     return torch.cat(outs, dim=-1)
 
 
+def selective_scan_last_torch(u, delta, A, B, C, D, chunk_elements: int = SCAN_CHUNK_ELEMENTS):
+    """The last position of :func:`selective_scan_torch` (B, Ch), without the scan: the last state is
+    one weighted sum, h_L = sum_t exp(A * sum_{s>t} delta_s) * delta_t u_t B_t (delta is 0 at padding,
+    so padding neither decays the state nor drives it). Shapes as :func:`selective_scan_sequential`."""
+    batch, length, channels = u.shape
+    n = A.shape[1]
+    from_t = delta.flip(1).cumsum(1).flip(1)  # (B, L, Ch): sum_{s >= t} delta_s
+    after = torch.cat([from_t[:, 1:], torch.zeros_like(from_t[:, :1])], dim=1)  # sum_{s > t}, no cancellation
+    drive = delta * u  # (B, L, Ch)
+    c_last = C[:, -1]  # (B, N)
+    step = max(1, min(channels, chunk_elements // max(1, batch * length * n)))
+    if torch.compiler.is_compiling():  # torch.export/compile: one chunk, keep the batch dim dynamic
+        step = channels
+    outs = []
+    for a in range(0, channels, step):
+        b = min(channels, a + step)
+        weight = torch.exp(after[..., a:b, None] * A[a:b]) * drive[..., a:b, None]  # (B, L, c, N)
+        h = torch.einsum("blcn,bln->bcn", weight, B)  # (B, c, N): the last state
+        outs.append(torch.einsum("bcn,bn->bc", h, c_last) + D[a:b] * u[:, -1, a:b])
+    return torch.cat(outs, dim=-1)
+
+
+def selective_scan_last(u, delta, A, B, C, D, impl: str = "auto"):
+    """``selective_scan(...)[:, -1]`` (B, Ch): the closed form on the torch path, else the scan's last."""
+    if impl == "auto":
+        impl = "cuda" if u.is_cuda and cuda_kernels() is not None else "torch"
+    if impl == "torch":
+        return selective_scan_last_torch(u, delta, A, B, C, D)
+    return selective_scan(u, delta, A, B, C, D, impl)[:, -1]
+
+
 @functools.cache
 def cuda_kernels():
     """(selective_scan_fn, causal_conv1d_fn or None), or None when mamba_ssm is not importable."""
@@ -248,6 +279,17 @@ class NestedMamba(nn.Module):
         y = selective_scan(u.float(), delta, A, b.float(), c.float(), self.D.float(), self.scan_impl)
         return self.out_proj(y.to(x.dtype) * F.silu(z))
 
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D): ``forward(x, pad_mask)[:, -1]``. The conv and the
+        selection read every position; the gate, the output map and the scan's readout only the last."""
+        real = pad_mask[..., None].to(x.dtype)
+        u = self.conv(self.in_x(x) * real) * real
+        dt_lr, b, c = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt_lr).float()) * real.float()
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan_last(u.float(), delta, A, b.float(), c.float(), self.D.float(), self.scan_impl)
+        return self.out_proj(y.to(x.dtype) * F.silu(self.in_z(x[:, -1])))
+
     def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
         rows = self.expand * d
         state = {"A_log": self.A_log[:rows], "D": self.D[:rows]}
@@ -279,6 +321,13 @@ class MambaBlock(nn.Module):
             x = x + self.dropout(self.ffn(self.norm2(x)))
         return x
 
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D): ``forward(x, pad_mask)[:, -1]``."""
+        x_last = x[:, -1] + self.dropout(self.mixer.forward_last(self.norm1(x), pad_mask))
+        if self.ffn is not None:
+            x_last = x_last + self.dropout(self.ffn(self.norm2(x_last)))
+        return x_last
+
 
 @register_backbone(MambaConfig)
 class MambaBackbone(Backbone):
@@ -294,3 +343,10 @@ class MambaBackbone(Backbone):
         for block in self.blocks:
             x = block(x, pad_mask)
         return self.norm(x)
+
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D), the last position: every block but the last over
+        all positions (the next block reads them), the last one only what its last output needs."""
+        for block in self.blocks[:-1]:
+            x = block(x, pad_mask)
+        return self.norm(self.blocks[-1].forward_last(x, pad_mask))

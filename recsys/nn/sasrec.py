@@ -81,6 +81,20 @@ class SASRecBlock(nn.Module):
         x = x + self.dropout(self.proj(att.transpose(1, 2).reshape(batch, length, width)))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
+    def forward_last(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), allowed (B, 1, L, L) -> (B, D): ``forward(x, allowed)[:, -1]``; keys and values
+        at every position, the query and everything after the attention at the last one only."""
+        batch, length, width = x.shape
+        h = self.norm1(x)
+        w, b = self.qkv.weight, self.qkv.bias
+        q = F.linear(h[:, -1:], w[:width], b[:width]).view(batch, 1, self.heads, -1).transpose(1, 2)
+        kv = F.linear(h, w[width:], b[width:]).view(batch, length, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(
+            q, kv[0], kv[1], attn_mask=allowed[:, :, -1:], dropout_p=self.dropout_p if self.training else 0.0
+        )  # (B, H, 1, D/H)
+        x_last = x[:, -1] + self.dropout(self.proj(att.reshape(batch, width)))
+        return x_last + self.dropout(self.ffn(self.norm2(x_last)))
+
 
 @register_backbone(SASRecConfig)
 class SASRecBackbone(Backbone):
@@ -102,6 +116,21 @@ class SASRecBackbone(Backbone):
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
+        x, allowed = self._prepare(x, pad_mask)
+        for block in self.blocks:
+            x = block(x, allowed)
+        return self.norm(x)
+
+    def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, D): ``forward(x, pad_mask)[:, -1]``, the last block
+        only at the last query."""
+        x, allowed = self._prepare(x, pad_mask)
+        for block in self.blocks[:-1]:
+            x = block(x, allowed)
+        return self.norm(self.blocks[-1].forward_last(x, allowed))
+
+    def _prepare(self, x: torch.Tensor, pad_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks' input (B, L, D) (positions added, padding zeroed) and mask (B, 1, L, L)."""
         length = x.shape[1]
         if length > self.positions.num_embeddings:
             raise ValueError(f"sequence length {length} exceeds max_len={self.positions.num_embeddings}")
@@ -111,6 +140,4 @@ class SASRecBackbone(Backbone):
         causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
         eye = torch.eye(length, dtype=torch.bool, device=x.device)
         allowed = ((causal & pad_mask[:, None, :]) | eye)[:, None]  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, allowed)
-        return self.norm(x)
+        return x, allowed

@@ -167,7 +167,7 @@ def test_evaluation_ranks_equal_the_float64_ranks_despite_a_large_common_offset(
     targets = torch.randint(1, 401, (300,), generator=gen)
     with torch.no_grad():
         emb = model.item_embeddings()
-        hidden = model.encode(inputs, emb)[:, -1]  # (U, D) float32
+        hidden = model.encode_last(inputs, emb)  # (U, D) float32, the states scoring reads
         exact = model.score(inputs, emb, dtype=torch.float64)  # float64 dot products
         fp32 = model.score(inputs, emb)
     # the float32 path really does reorder near-ties at this offset (the defect), the float64 one does not

@@ -1,0 +1,1 @@
+"""``recsys-bench``: the one benchmark command (see :mod:`recsys.bench.cli`)."""

@@ -1,0 +1,156 @@
+"""Writes a suite's results: ``<suite>.json`` (everything), ``<suite>.md`` (tables) and ``<suite>.png``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TITLES = {
+    "speed": "Training step speed (synthetic ML-100K-shaped data)",
+    "eval": "Full-ranking evaluation speed (943 users, every size)",
+}
+
+
+def _fmt(s: dict, scale: float = 1.0, digits: int = 3) -> str:
+    return f"{s['median'] * scale:.{digits}f} [{s['min'] * scale:.{digits}f}, {s['max'] * scale:.{digits}f}]"
+
+
+def machine_lines(machine: dict) -> list[str]:
+    cpu, peak = machine["cpu"], machine["matmul_peak"]
+    flags = ", ".join(f for f, on in cpu["flags"].items() if on) or "none of " + ", ".join(cpu["flags"])
+    lines = [
+        f"- Command: `{machine['command']}`",
+        f"- Commit: `{machine['git']['commit']}`"
+        + (" (dirty working tree)" if machine["git"]["dirty"] else ""),
+        f"- CPU: {cpu['model']}; {cpu['usable_cpus']} usable of {cpu['logical_cpus']} logical CPUs; "
+        f"torch threads {machine['torch_threads']}; bf16-relevant flags: {flags}",
+        f"- GPU: {', '.join(machine['gpu']) or 'none'}",
+        "- Versions: " + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()),
+    ]
+    for key, p in peak.items():
+        m, k, n = p["shape"]
+        lines.append(
+            f"- Measured matmul peak {key}: {p['gflops']:.1f} GFLOP/s "
+            f"(({m} x {k}) @ ({k} x {n}) {p['dtype']} tensors, median of {len(p['seconds'])})"
+        )
+    if (
+        "bf16" in peak
+        and not (cpu["flags"].get("avx512_bf16") or cpu["flags"].get("amx_bf16"))
+        and not machine["gpu"]
+    ):
+        lines.append("- This CPU has no bf16 hardware (avx512_bf16 / amx_bf16): its bf16 matmul is emulated")
+    return lines
+
+
+def markdown(suite: str, doc: dict) -> str:
+    machine, summary = doc["machine"], doc["summary"]
+    peak = machine["matmul_peak"]
+    speed = suite == "speed"
+    unit = "s/step" if speed else "s/pass"
+    rate = ("tokens_per_s", "tokens/s") if speed else ("users_per_s", "users/s")
+    p = doc["params"]
+    if speed:
+        what = (
+            f"One AdamW training step (model.loss forward + backward, clip 1.0, step) on {doc['steps']} DISTINCT "
+            f"random batches per run (after {p['warmup']} warm-up); batch {p['batch']}, max_len {p['max_len']}, "
+            f"catalog {p['num_items']} items, {p['feature_dim']}-d text features, {p['num_blocks']} LRU block "
+            f"(FFN {p['ffn_multiplier']}D), dropout {p['dropout']}{', bf16 autocast' if p['bf16'] else ''}. "
+            "tokens/s: non-padding target positions per second. GFLOP/s: FLOPs of one step "
+            "(FlopCounterMode) / median step time."
+        )
+    else:
+        what = (
+            f"One full-ranking `evaluate_split` pass over {p['users']} users (random histories, length up to "
+            f"{p['max_len']}), batch {p['eval_batch']}, catalog {p['num_items']} items, every size of the ladder; "
+            f"{doc['passes']} timed passes per run after a warm-up. GFLOP/s: FLOPs of one pass (FlopCounterMode) "
+            "/ median pass time."
+        )
+    lines = [
+        f"# {TITLES[suite]}{' (quick)' if doc['quick'] else ''}",
+        "",
+        *machine_lines(machine),
+        "",
+        what,
+        f"Each figure: median [min, max] over {doc['repeats']} runs, each run a fresh process (its peak RSS "
+        "is that configuration's, torch import included). `ladder`: nested ladder 8..D; `single`: width D only.",
+        "",
+        f"| tree | config | {unit} | {rate[1]} | GFLOP/s | % fp32 peak | % bf16 peak | peak RSS (MiB) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, by_cfg in summary.items():
+        for name, s in by_cfg.items():
+            g = s["gflops"]["median"]
+            fp32 = f"{100 * g / peak['fp32']['gflops']:.1f}" if "fp32" in peak else "-"
+            bf16 = f"{100 * g / peak['bf16']['gflops']:.1f}" if "bf16" in peak else "-"
+            lines.append(
+                f"| {label} | {name} | {_fmt(s['seconds'])} | {_fmt(s[rate[0]], digits=0)} | "
+                f"{g:.1f} | {fp32} | {bf16} | {s['peak_rss_mib']['median']:.0f} |"
+            )
+    overhead = (
+        "Nesting overhead (median s/step of the full ladder 8..D / the single width D):"
+        if speed
+        else "All sizes vs the largest size alone (median s/pass of the ladder 8..D / the single width D):"
+    )
+    lines += ["", overhead, ""]
+    for label, by_d in doc["nesting_ratio"].items():
+        for d, r in by_d.items():
+            lines.append(f"- {label} {d}: {r:.2f}x")
+    if doc.get("compare"):
+        c = doc["compare"]
+        lines += [
+            "",
+            f"## Side by side: `{c['ref']}` (`{c['ref_commit']}`) vs this tree",
+            "",
+            f"Interleaved runs (for each repeat and config: this tree, then `{c['ref']}`), each in its own "
+            "process. Ratio = time at the ref / time here (> 1: this tree is faster), one per pair.",
+            "",
+            "| config | median ratio | min | max | pairs |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for name, r in c["ratios"].items():
+            lines.append(f"| {name} | **{r['median']:.2f}x** | {r['min']:.2f} | {r['max']:.2f} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(suite: str, doc: dict, path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, by_cfg in doc["summary"].items():
+        for kind in ("ladder", "single"):
+            pts = sorted(
+                (int(n.split("/")[0][1:]), s["seconds"]) for n, s in by_cfg.items() if n.endswith(kind)
+            )
+            if not pts:
+                continue
+            xs = [d for d, _ in pts]
+            ys = [s["median"] for _, s in pts]
+            err = [[s["median"] - s["min"] for _, s in pts], [s["max"] - s["median"] for _, s in pts]]
+            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{label} {kind}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("width D")
+    ax.set_ylabel("s/step" if suite == "speed" else "s/pass")
+    ax.set_title(TITLES[suite], fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write(suite: str, doc: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{suite}.json", out / f"{suite}.md"]
+    paths[0].write_text(json.dumps(doc, indent=1))
+    paths[1].write_text(markdown(suite, doc))
+    png = out / f"{suite}.png"
+    png.unlink(missing_ok=True)  # a plot of another run must not sit beside these results
+    dims = {name.split("/")[0] for by_cfg in doc["summary"].values() for name in by_cfg}
+    if len(dims) > 1 and plot(suite, doc, png):  # time against D: needs at least two widths
+        paths.append(png)
+    return paths
