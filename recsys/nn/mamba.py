@@ -98,13 +98,19 @@ def selective_scan_sequential(u, delta, A, B, C, D):
     return torch.stack(ys, dim=1)
 
 
+def _channel_step(batch: int, length: int, channels: int, n: int, chunk_elements: int) -> int:
+    """Channels per chunk so a (B, L, c, N) intermediate holds at most ``chunk_elements`` values;
+    all channels at once while torch.export/compile traces (keeps the batch dim dynamic)."""
+    if torch.compiler.is_compiling():
+        return channels
+    return max(1, min(channels, chunk_elements // max(1, batch * length * n)))
+
+
 def selective_scan_torch(u, delta, A, B, C, D, chunk_elements: int = SCAN_CHUNK_ELEMENTS):
     """Parallel CPU/GPU reference: linear_scan over (B, L, Ch, N), channels in chunks. Shapes as above."""
     batch, length, channels = u.shape
     n = A.shape[1]
-    step = max(1, min(channels, chunk_elements // max(1, batch * length * n)))
-    if torch.compiler.is_compiling():  # torch.export/compile: one chunk, keep the batch dim dynamic
-        step = channels
+    step = _channel_step(batch, length, channels, n, chunk_elements)
     outs = []
     for a in range(0, channels, step):
         b = min(channels, a + step)
@@ -126,9 +132,7 @@ def selective_scan_last_torch(u, delta, A, B, C, D, chunk_elements: int = SCAN_C
     after = torch.cat([from_t[:, 1:], torch.zeros_like(from_t[:, :1])], dim=1)  # sum_{s > t}, no cancellation
     drive = delta * u  # (B, L, Ch)
     c_last = C[:, -1]  # (B, N)
-    step = max(1, min(channels, chunk_elements // max(1, batch * length * n)))
-    if torch.compiler.is_compiling():  # torch.export/compile: one chunk, keep the batch dim dynamic
-        step = channels
+    step = _channel_step(batch, length, channels, n, chunk_elements)
     outs = []
     for a in range(0, channels, step):
         b = min(channels, a + step)
