@@ -111,6 +111,11 @@ def test_machine_section_and_report_have_the_fields(tmp_path):
     reason="needs git and a git checkout",
 )
 def test_compare_head_runs_both_trees_interleaved_and_gives_positive_ratios(tmp_path):
+    def bench_worktrees() -> set[str]:  # worktrees of recsys-bench runs (a killed earlier run may leave one)
+        listing = subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True)
+        return {line.split()[0] for line in listing.stdout.splitlines() if "recsys-bench-" in line}
+
+    before = bench_worktrees()
     cli.main(
         ["speed", "--dims", "16", "--steps", "1", "--repeats", "1", "--only", "ladder", "--no-peak"]
         + ["--threads", "1", "--compare", "HEAD", "--out", str(tmp_path)]
@@ -121,9 +126,4 @@ def test_compare_head_runs_both_trees_interleaved_and_gives_positive_ratios(tmp_
     ratio = doc["compare"]["ratios"]["D16/ladder"]
     assert ratio["n"] == 1 and ratio["median"] > 0
     assert doc["machine"]["git"]["commit"] and (tmp_path / "speed.md").is_file()
-    assert (
-        "recsys-bench-"
-        not in subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True
-        ).stdout
-    )
+    assert bench_worktrees() <= before, "the compare worktree was not removed"
