@@ -126,7 +126,7 @@ class TrainerSchema:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables
-    bf16: bool = False  # bf16 autocast, CUDA only
+    precision: str = "auto"  # auto | bf16 | fp32: GEMM dtype of training (recsys/training/precision.py)
     compile: bool = False  # torch.compile the projector and backbone (in place), CUDA only
     val_every_n_steps: int = 0  # 0 = validate at the end of every epoch
     checkpoint_every_n_steps: int = 0  # 0 = only at validations
@@ -268,6 +268,8 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(
             f"trainer.grad_clip must be finite (<= 0 disables clipping), got {cfg.trainer.grad_clip}"
         )
+    if cfg.trainer.get("precision", "auto") not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {cfg.trainer.precision!r}")
     if not 0.0 <= cfg.trainer.min_lr_ratio <= 1.0:
         raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {cfg.trainer.min_lr_ratio}")
     opt = cfg.trainer.optimizer

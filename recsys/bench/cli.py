@@ -66,7 +66,13 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--dims", type=int, nargs="+", help="widths D to measure (default: the suite's)")
     parser.add_argument("--steps", type=int, help="timed training steps per run (speed)")
     parser.add_argument("--passes", type=int, help="timed evaluation passes per run (eval)")
-    parser.add_argument("--bf16", action="store_true", help="run the measured code under CPU bf16 autocast")
+    precision = parser.add_mutually_exclusive_group()
+    precision.add_argument(
+        "--bf16", dest="bf16", action="store_const", const=True, help="every tree under CPU bf16 autocast"
+    )
+    precision.add_argument(
+        "--fp32", dest="bf16", action="store_const", const=False, help="every tree in fp32"
+    )
     parser.add_argument(
         "--only", choices=["ladder", "single"], help="measure only the nested ladder or only the single width"
     )

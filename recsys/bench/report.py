@@ -42,6 +42,24 @@ def machine_lines(machine: dict) -> list[str]:
     return lines
 
 
+def _precision_note(p: dict) -> str:
+    if p.get("bf16") is None:
+        return "each tree in the precision and AdamW options it ships (column `precision`)"
+    return "every tree under bf16 autocast" if p["bf16"] else "every tree in fp32"
+
+
+def tree_precisions(doc: dict) -> dict[str, str]:
+    """{tree: "bf16" | "fp32" (+ ", fused AdamW")} as its worker runs reported."""
+    out: dict[str, str] = {}
+    for run in doc.get("runs", []):
+        r = run["result"]
+        text = r.get("precision", "bf16" if doc["params"].get("bf16") else "fp32")
+        if r.get("adamw_options", {}).get("fused"):
+            text += ", fused AdamW"
+        out.setdefault(run["tree"], text)
+    return out
+
+
 def markdown(suite: str, doc: dict) -> str:
     machine, summary = doc["machine"], doc["summary"]
     peak = machine["matmul_peak"]
@@ -54,7 +72,7 @@ def markdown(suite: str, doc: dict) -> str:
             f"One AdamW training step (model.loss forward + backward, clip 1.0, step) on {doc['steps']} DISTINCT "
             f"random batches per run (after {p['warmup']} warm-up); batch {p['batch']}, max_len {p['max_len']}, "
             f"catalog {p['num_items']} items, {p['feature_dim']}-d text features, {p['num_blocks']} LRU block "
-            f"(FFN {p['ffn_multiplier']}D), dropout {p['dropout']}{', bf16 autocast' if p['bf16'] else ''}. "
+            f"(FFN {p['ffn_multiplier']}D), dropout {p['dropout']}; {_precision_note(p)}. "
             "tokens/s: non-padding target positions per second. GFLOP/s: FLOPs of one step "
             "(FlopCounterMode) / median step time."
         )
@@ -74,16 +92,17 @@ def markdown(suite: str, doc: dict) -> str:
         f"Each figure: median [min, max] over {doc['repeats']} runs, each run a fresh process (its peak RSS "
         "is that configuration's, torch import included). `ladder`: nested ladder 8..D; `single`: width D only.",
         "",
-        f"| tree | config | {unit} | {rate[1]} | GFLOP/s | % fp32 peak | % bf16 peak | peak RSS (MiB) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| tree | precision | config | {unit} | {rate[1]} | GFLOP/s | % fp32 peak | % bf16 peak | peak RSS (MiB) |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    precisions = tree_precisions(doc)
     for label, by_cfg in summary.items():
         for name, s in by_cfg.items():
             g = s["gflops"]["median"]
             fp32 = f"{100 * g / peak['fp32']['gflops']:.1f}" if "fp32" in peak else "-"
             bf16 = f"{100 * g / peak['bf16']['gflops']:.1f}" if "bf16" in peak else "-"
             lines.append(
-                f"| {label} | {name} | {_fmt(s['seconds'])} | {_fmt(s[rate[0]], digits=0)} | "
+                f"| {label} | {precisions.get(label, '-')} | {name} | {_fmt(s['seconds'])} | {_fmt(s[rate[0]], digits=0)} | "
                 f"{g:.1f} | {fp32} | {bf16} | {s['peak_rss_mib']['median']:.0f} |"
             )
     overhead = (

@@ -61,7 +61,7 @@ def configs(suite: str, quick: bool, threads: int, overrides: dict) -> list[Conf
                 "steps": spec.get("steps", 0),
                 "warmup": spec.get("warmup", 1),
                 "passes": spec.get("passes", 0),
-                "bf16": bool(overrides.get("bf16")),
+                "bf16": overrides.get("bf16"),  # None: each tree's own default (worker.tree_defaults)
             }
             out.append(Config(f"D{d}/{'ladder' if nested else 'single'}", d, nested, params))
     return out

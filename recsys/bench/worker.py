@@ -8,6 +8,9 @@ and never ``recsys.bench`` itself.
 
 Suites:
 
+Each tree runs as it ships (``tree_defaults``: its CPU training precision, its AdamW options)
+unless the command forces one precision for all (``--bf16`` / ``--fp32``).
+
 - ``speed``: AdamW training steps (``model.loss`` forward + backward, global-norm clip 1.0, step) on
   DISTINCT random batches shaped like ML-100K; per-step seconds, non-padding targets, FLOPs of one
   step (``torch.utils.flop_counter.FlopCounterMode``) and this process's peak RSS.
@@ -102,6 +105,29 @@ def count_flops(fn) -> int:
     return int(counter.get_total_flops())
 
 
+def tree_defaults(tree: str | None) -> dict:
+    """What the tree under test ships as its CPU training defaults: GEMM precision and AdamW options.
+
+    Newer trees: ``trainer.precision`` (``auto`` resolved by the tree's own rule) and the optimizer
+    group's options; e4e3404 and before: ``bf16`` was CUDA only, so fp32 on CPU, plain AdamW.
+    """
+    from omegaconf import OmegaConf
+
+    root = os.path.abspath(tree or ".")
+    trainer = OmegaConf.load(os.path.join(root, "configs", "trainer", "cpu.yaml"))
+    bf16 = False
+    if "precision" in trainer:
+        from recsys.training.precision import autocast_dtype
+
+        bf16 = autocast_dtype(str(trainer.precision), torch.device("cpu")) is not None
+    optimizer = os.path.join(root, "configs", "optimizer", "adamw.yaml")
+    adamw = {}
+    if os.path.isfile(optimizer):
+        opt = OmegaConf.to_container(OmegaConf.load(optimizer))
+        adamw = {k: v for k, v in opt.items() if k in ("fused", "foreach")}
+    return {"bf16": bf16, "adamw": adamw}
+
+
 def autocast(p: dict):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(p.get("bf16")))
 
@@ -111,7 +137,7 @@ def run_speed(p: dict) -> dict:
     torch.manual_seed(p["seed"])
     model, api = build_model(p)
     model.train()
-    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
+    opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3, **p.get("adamw", {}))
     params = [q for group in opt.param_groups for q in group["params"]]
     batches = make_batches(p, p["warmup"] + 1 + p["steps"])
 
@@ -213,7 +239,18 @@ def main() -> None:
     torch.set_num_threads(p["threads"])
     import recsys
 
+    try:  # the tree's own process-wide settings, as its trainer and evaluation apply them
+        from recsys.runtime import keep_freed_memory
+    except ImportError:  # e4e3404 and before: none
+        pass
+    else:
+        keep_freed_memory()
+    defaults = tree_defaults(p.get("tree"))
+    if p.get("bf16") is None:  # as the tree ships (evaluation: fp32); --bf16 / --fp32 force one for all
+        p["bf16"] = defaults["bf16"] and p["suite"] == "speed"
+    p["adamw"] = defaults["adamw"]
     result = {"suite": p["suite"], "recsys_path": os.path.dirname(os.path.abspath(recsys.__file__))}
+    result.update({"precision": "bf16" if p["bf16"] else "fp32", "adamw_options": p["adamw"]})
     result.update(run_speed(p) if p["suite"] == "speed" else run_eval(p))
     result["threads"] = torch.get_num_threads()
     tree = os.path.dirname(result["recsys_path"])

@@ -161,19 +161,26 @@ def matryoshka_cross_entropy(
     if hidden.shape[0] == 0:
         raise ValueError("matryoshka_cross_entropy needs at least one position")
     if torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad):
-        total, per_size = _FusedMatryoshkaCE.apply(
-            hidden, targets, items, tuple(ladder), weights, budget_bytes
-        )
+        with torch.autocast(hidden.device.type, enabled=False):  # the loss's GEMMs in fp32 too
+            total, per_size = _FusedMatryoshkaCE.apply(
+                hidden, targets, items, tuple(ladder), weights, budget_bytes
+            )
         return total, per_size.detach()
     chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
-    per_size = (
+    with torch.autocast(hidden.device.type, enabled=False):
+        per_size = _loss_sums(hidden, targets, items, ladder, weights, chunk)
+    return (weights.to(per_size.dtype) * per_size).sum(), per_size
+
+
+def _loss_sums(hidden, targets, items, ladder, weights, chunk) -> torch.Tensor:
+    """(M,) mean CE per size without gradients, chunk by chunk."""
+    return (
         sum(
             _chunk_loss(hidden[s : s + chunk], targets[s : s + chunk], items, ladder, weights, 1.0)[0]
             for s in range(0, hidden.shape[0], chunk)
         )
         / hidden.shape[0]
     )
-    return (weights.to(per_size.dtype) * per_size).sum(), per_size
 
 
 def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:

@@ -103,7 +103,8 @@ def sampled_matryoshka_ce_sum(
     ``corr[p, c] = log_q[c]`` for c != target_index[p] and ``target_log_q[p]`` at the target.
     """
     weights = size_weights_tensor(ladder, size_weights).to(hidden.device)
-    logits = all_size_logits(hidden.float(), cand_emb.float(), ladder)  # (M, P, C), fused cumsum
+    with torch.autocast(hidden.device.type, enabled=False):  # logits and softmax in fp32, even under autocast
+        logits = all_size_logits(hidden.float(), cand_emb.float(), ladder)  # (M, P, C), fused cumsum
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     corr = log_q.to(logits)[None, :].expand(hidden.shape[0], -1)  # (P, C)
     if target_log_q is not None:

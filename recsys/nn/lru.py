@@ -74,6 +74,39 @@ def _doubling_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return b
 
 
+def _sequential_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The same recurrence step by step: L small fused multiply-adds. On CPU this beats recursive
+    doubling (ceil(log2 L) passes over the whole (B, L, D) tensor, plus a cat each): 4.2 ms vs 28 ms
+    for (32, 50, 1024) complex64 at 2 threads, with the same result to rounding."""
+    h = torch.empty_like(b)
+    h[:, 0] = b[:, 0]
+    for t in range(1, b.shape[1]):
+        torch.addcmul(b[:, t], a[:, t], h[:, t - 1], out=h[:, t])
+    return h
+
+
+def _sequential_scan_reversed(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The adjoint recurrence s_t = g_t + conj(a_{t+1}) s_{t+1}, s_{L-1} = g_{L-1}, step by step
+    from the end (no flipped copies)."""
+    a_conj = a[:, 1:].conj().resolve_conj()  # (B, L-1, ...): conj(a_{t+1}) at t
+    s = torch.empty_like(g)
+    s[:, -1] = g[:, -1]
+    for t in range(g.shape[1] - 2, -1, -1):
+        torch.addcmul(g[:, t], a_conj[:, t], s[:, t + 1], out=s[:, t])
+    return s
+
+
+def _step_by_step(t: torch.Tensor) -> bool:
+    """Whether the scans on ``t``'s device run step by step (CPU) or by recursive doubling (GPU:
+    log-depth parallel passes beat L dependent kernel launches)."""
+    return t.device.type == "cpu"
+
+
+def _scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """h_t = a_t * h_{t-1} + b_t: see ``_step_by_step``."""
+    return _sequential_scan(a, b) if _step_by_step(b) else _doubling_scan(a, b)
+
+
 class _LinearScan(torch.autograd.Function):
     """Memory-lean autograd for the scan: keeps only a and h, not the log L intermediate levels.
 
@@ -83,17 +116,22 @@ class _LinearScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b):
-        h = _doubling_scan(a, b)
+        h = _scan(a, b)
         ctx.save_for_backward(a, h)
         return h
 
     @staticmethod
     def backward(ctx, grad_h):
         a, h = ctx.saved_tensors
-        a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], dim=1).conj()  # (B, L, ...)
-        grad_b = _doubling_scan(a_next.flip(1), grad_h.flip(1)).flip(1)
-        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
-        return grad_b * h_prev.conj(), grad_b
+        if _step_by_step(grad_h):
+            grad_b = _sequential_scan_reversed(a, grad_h.contiguous())
+        else:
+            a_next = torch.cat([a[:, 1:], torch.ones_like(a[:, :1])], dim=1).conj()  # (B, L, ...)
+            grad_b = _doubling_scan(a_next.flip(1), grad_h.flip(1)).flip(1)
+        grad_a = torch.empty_like(grad_b)
+        grad_a[:, :1] = 0
+        torch.mul(grad_b[:, 1:], h[:, :-1].conj(), out=grad_a[:, 1:])
+        return grad_a, grad_b
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -143,6 +181,23 @@ class LRU(nn.Module):
         lam = self.eigenvalues()
         decay = torch.where(real, lam, torch.ones_like(lam))  # (B, L, D): padding keeps the state
         h = linear_scan(decay, bx)  # (B, L, D) complex
+        return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x
+
+    def forward_packed(self, x: torch.Tensor, keep: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """``forward`` on the kept positions only: x (N, D) = the kept rows of a (B, L, D) input in
+        row-major order, ``keep`` (N,) their flat indices into B*L, pad_mask (B, L) -> (N, D).
+        The input and output maps run on the N kept rows; the recurrence on the (B, L) grid. A kept
+        padding position (the last one of an all-padding row) drives nothing, as in ``forward``."""
+        gamma = torch.exp(self.gamma_log)  # (D,)
+        rows, width = pad_mask.numel(), x.shape[-1]
+        real = pad_mask.reshape(-1)[keep][:, None]  # (N, 1)
+        drive = (
+            torch.complex(self.B_re(x).to(gamma.dtype) * gamma, self.B_im(x).to(gamma.dtype) * gamma) * real
+        )
+        bx = drive.new_zeros(rows, width).index_copy(0, keep, drive).view(*pad_mask.shape, width)
+        lam = self.eigenvalues()
+        decay = torch.where(pad_mask[..., None], lam, torch.ones_like(lam))  # (B, L, D)
+        h = linear_scan(decay, bx).reshape(rows, width).index_select(0, keep)  # (N, D) complex
         return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x
 
     # Inference at the last position only. The last state is one weighted sum instead of a scan:
@@ -218,6 +273,12 @@ class LRUBlock(nn.Module):
         x = x + self.dropout(self.lru(self.norm1(x), pad_mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
+    def forward_packed(self, x: torch.Tensor, keep: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """``forward`` on the real positions only: x (N, D), keep (N,), pad_mask (B, L) -> (N, D)
+        (see ``LRU.forward_packed``): norms and FFN run on N rows instead of B*L."""
+        x = x + self.dropout(self.lru.forward_packed(self.norm1(x), keep, pad_mask))
+        return x + self.dropout(self.ffn(self.norm2(x)))
+
     def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) -> (B, D): ``forward(x, pad_mask)[:, -1]``; the LRU reads every
         position, the rest (its output map, the FFN, the norms after it) runs at the last one only."""
@@ -254,7 +315,25 @@ class LRUBackbone(Backbone):
         self.norm = NestedLayerNorm(config.ladder)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
-        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D)."""
+        """x (B, L, D), pad_mask (B, L) bool True = real -> (B, L, D), zero at padding positions
+        except the last one (an all-padding row still has its last position, as inference reads it).
+
+        Every map but the recurrence is per position, so they run on the real positions (and the
+        last one) only (``forward_packed``): in a batch of ML-100K windows a third to a half of the
+        positions are padding. ``forward_padded`` is the reference that runs everything everywhere.
+        """
+        kept = pad_mask.clone()
+        kept[:, -1] = True
+        keep = kept.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of the kept positions
+        h = x.reshape(-1, x.shape[-1]).index_select(0, keep)  # (N, D)
+        for block in self.blocks:
+            h = block.forward_packed(h, keep, pad_mask)
+        h = self.norm(h)
+        return h.new_zeros(pad_mask.numel(), h.shape[-1]).index_copy(0, keep, h).view(*pad_mask.shape, -1)
+
+    def forward_padded(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L) -> (B, L, D): every position through every map (reference
+        for ``forward``, equal at real positions)."""
         for block in self.blocks:
             x = block(x, pad_mask)
         return self.norm(x)

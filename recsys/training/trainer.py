@@ -57,6 +57,7 @@ from recsys.training.distributed import (
     shard_model,
 )
 from recsys.training.early_stopping import EarlyStopping
+from recsys.training.precision import autocast_dtype
 from recsys.training.tensorboard import NullLogger, TensorBoardLogger
 
 log = logging.getLogger("recsys.training.trainer")
@@ -134,7 +135,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(tcfg.warmup_steps, self.total_steps, tcfg.min_lr_ratio)
         )
-        self.use_bf16 = bool(tcfg.bf16) and self.device.type == "cuda"
+        self.autocast_dtype = autocast_dtype(tcfg.precision, self.device)  # None: fp32
         self.early_stopping = EarlyStopping(tcfg.monitor, tcfg.monitor_size or self.sizes[-1], tcfg.patience)
         # training position (all of it goes into checkpoints)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -234,7 +235,8 @@ class Trainer:
         global_count = int((targets != 0).sum())
         inputs = local_shard(inputs, self.env).to(self.device)  # (B_rank, L): this rank's rows
         targets = local_shard(targets, self.env).to(self.device)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        autocast = self.autocast_dtype is not None
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=autocast):
             if self.dmp is not None:
                 total_sum, per_size_sum, _ = self.dmp(inputs, targets, self._step_seed())
             else:

@@ -14,6 +14,7 @@ from recsys.nn import (
     register_backbone,
     registered_backbones,
 )
+from recsys.nn import lru as lru_module
 from recsys.nn.lru import linear_scan
 
 
@@ -25,8 +26,11 @@ def sequential_scan(a, b):
     return torch.stack(out, 1)
 
 
+@pytest.mark.parametrize("step_by_step", [True, False], ids=["cpu-path", "doubling-path"])
 @pytest.mark.parametrize("length", [1, 2, 7, 16, 33])
-def test_parallel_scan_equals_sequential_loop_forward_and_grad(length):
+def test_parallel_scan_equals_sequential_loop_forward_and_grad(length, step_by_step, monkeypatch):
+    # both implementations of the scan (step by step: CPU; recursive doubling: GPU) against a loop
+    monkeypatch.setattr(lru_module, "_step_by_step", lambda t: step_by_step)
     torch.manual_seed(length)
     lam = torch.polar(torch.rand(5, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 6.28)
     real = torch.ones(3, length, 1, dtype=torch.bool)
@@ -110,3 +114,26 @@ def test_backbone_registry_builds_registered_configs_and_rejects_unknown():
         register_backbone(IdentityConfig)(Identity)
     with pytest.raises(ValueError, match="set ladder and max_len"):
         LRUConfig().build()
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2])
+def test_packed_forward_equals_the_padded_reference_at_real_positions_with_gradients(num_blocks):
+    # forward runs norms/FFN/projections on the real positions only; forward_padded on the whole grid
+    torch.manual_seed(num_blocks)
+    backbone = small_config(num_blocks=num_blocks).build()
+    x = torch.randn(4, 16, 40, requires_grad=True)
+    real = torch.ones(4, 16, dtype=torch.bool)
+    real[0, :9] = False  # left padding
+    real[1, :15] = False
+    real[2, 3:6] = False  # interior padding
+    real[3, :] = False  # no history at all: the last position is still computed
+    out = backbone(x, real)
+    ref = backbone.forward_padded(x, real)
+    read = real.clone()
+    read[:, -1] = True  # real positions and the last one
+    torch.testing.assert_close(out[read], ref[read], rtol=1e-5, atol=1e-6)
+    assert bool((out[~read] == 0).all())  # other padding rows are zero, not junk
+    weight = torch.randn_like(out) * read[..., None]  # a loss that reads those positions only
+    grads = [torch.autograd.grad((y * weight).sum(), [x, *backbone.parameters()]) for y in (out, ref)]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

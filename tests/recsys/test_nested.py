@@ -8,6 +8,7 @@ from recsys.nn.nested import (
     block_mask,
     chunk_bounds,
     sliced_state_dict,
+    triangular_pieces,
     truncate_ladder,
     validate_ladder,
 )
@@ -104,3 +105,55 @@ def test_ladder_validation_and_truncation():
     assert truncate_ladder((4, 12, 40), 12) == (4, 12)
     with pytest.raises(ValueError, match="not in the ladder"):
         truncate_ladder((4, 12, 40), 10)
+
+
+@pytest.mark.parametrize(
+    "ladder,k_in,k_out,bias",
+    [
+        ((8, 16, 32, 64, 128, 256, 512, 1024), 1, 4, True),
+        ((8, 16, 32, 64, 128, 256, 512, 1024), 4, 1, True),
+        ((8, 16, 32, 64), 1, 1, False),
+        ((2, 4), 1, 1, True),
+        ((4, 8, 12), 2, 1, True),
+        ((16,), 1, 1, True),
+    ],
+)
+def test_triangular_pieces_equal_the_masked_dense_reference_forward_and_backward(ladder, k_in, k_out, bias):
+    # the pieces (exact GEMMs over the big blocks + one masked GEMM) vs ONE masked dense GEMM
+    torch.manual_seed(len(ladder))
+    lin = NestedLinear(ladder, k_in=k_in, k_out=k_out, bias=bias)
+    x = torch.randn(2, 9, k_in * ladder[-1], requires_grad=True)
+    grad_out = torch.randn(2, 9, k_out * ladder[-1])
+    results = []
+    for forward in (lin.forward, lin.forward_reference):
+        y = forward(x)
+        results.append((y, *torch.autograd.grad(y, [x, *lin.parameters()], grad_out)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the inference path (no autograd Function) computes the same
+        torch.testing.assert_close(lin(x), results[1][0], rtol=1e-5, atol=1e-5)
+    # the pieces tile every row once and read no column beyond the row's chunk
+    rows = sorted((r0, r1) for r0, r1, _ in lin.pieces)
+    assert rows[0][0] == 0 and rows[-1][1] == k_out * ladder[-1]
+    assert all(a[1] == b[0] for a, b in zip(rows, rows[1:]))
+
+
+def test_triangular_pieces_of_the_default_ladder_do_a_third_fewer_flops():
+    ladder = (8, 16, 32, 64, 128, 256, 512, 1024)
+    prefix, pieces = triangular_pieces(ladder, 4, 1)
+    assert prefix == 6 and len(pieces) == 3
+    dense = 4 * 1024 * 1024
+    assert sum((r1 - r0) * c for r0, r1, c in pieces) / dense == pytest.approx(0.6875)
+
+
+def test_bf16_autocast_runs_the_pieces_in_bf16_and_keeps_fp32_gradients():
+    torch.manual_seed(0)
+    lin = NestedLinear((8, 16, 32, 64), k_in=1, k_out=2)
+    x = torch.randn(5, 64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = lin(x)
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert lin.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
+    ref = lin.forward_reference(x)
+    torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)  # bf16: 8 mantissa bits
