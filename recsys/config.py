@@ -144,7 +144,7 @@ class TrainerSchema:
 @dataclass
 class EvalSchema:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
-    filter_history: bool = False
+    filter_history: bool = False  # removed (both protocols are always reported); true is refused
     batch_size: int = 256
 
 
@@ -242,10 +242,16 @@ def validate(cfg: DictConfig) -> None:
         validate_ks(cfg.eval.ks)
     except ValueError as err:
         raise ValueError(f"eval.ks: {err}") from None
-    metric, _, k = cfg.trainer.monitor.partition("@")
+    metric, _, k = cfg.trainer.monitor.removeprefix("unseen/").partition("@")
     if metric not in METRIC_NAMES or not k.isdigit() or int(k) not in cfg.eval.ks:
         raise ValueError(
-            f"trainer.monitor='{cfg.trainer.monitor}' must be recall@k, ndcg@k or mrr@k with k in eval.ks {list(cfg.eval.ks)}"
+            f"trainer.monitor='{cfg.trainer.monitor}' must be recall@k, ndcg@k or mrr@k (all-items protocol) or "
+            f"unseen/recall@k, unseen/ndcg@k, unseen/mrr@k (unseen items only) with k in eval.ks {list(cfg.eval.ks)}"
+        )
+    if cfg.eval.get("filter_history"):
+        raise ValueError(
+            "eval.filter_history is gone: every evaluation reports both protocols (all items: ndcg@10, ...; "
+            "unseen items only: unseen/ndcg@10, ...). Select on the unseen one with trainer.monitor=unseen/ndcg@10"
         )
     if cfg.trainer.monitor_size is not None and cfg.trainer.monitor_size not in sizes:
         raise ValueError(

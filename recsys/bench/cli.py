@@ -76,6 +76,11 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--only", choices=["ladder", "single"], help="measure only the nested ladder or only the single width"
     )
+    parser.add_argument(
+        "--ablate",
+        action="store_true",
+        help="speed: the default step at the largest D with every lever, then without each one",
+    )
     parser.add_argument("--no-peak", action="store_true", help="skip the matmul peak measurement (tests)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -125,7 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(run_script(args.suite, args.quick, extra))
     threads = args.threads or machine.cpu_info()["usable_cpus"]
     overrides = {"dims": args.dims, "steps": args.steps, "passes": args.passes, "bf16": args.bf16}
-    cfgs = suites.configs(args.suite, args.quick, threads, overrides)
+    if args.ablate and (args.suite != "speed" or args.compare):
+        raise SystemExit("--ablate is for the speed suite, without --compare")
+    if args.ablate:
+        cfgs = suites.ablation_configs(args.quick, threads, overrides)
+    else:
+        cfgs = suites.configs(args.suite, args.quick, threads, overrides)
     if args.only:
         cfgs = [c for c in cfgs if c.nested == (args.only == "ladder")]
     print(f"[{args.suite}] machine and matmul peaks ...", flush=True)
@@ -158,10 +168,12 @@ def main(argv: list[str] | None = None) -> None:
         "summary": summary,
         "nesting_ratio": suites.nesting_ratios(summary, cfgs),
         "compare": compare,
+        "ablation": suites.ablation_ratios(runs, cfgs) if args.ablate else None,
+        "published_ratio": suites.published_ratios(runs, cfgs) if args.suite == "speed" else {},
         "runs": runs,
     }
     out = args.out or default_out()
-    paths = report.write(args.suite, doc, out)
+    paths = report.write("speed_levers" if args.ablate else args.suite, doc, out)
     print(Path(paths[1]).read_text())
     print("wrote", ", ".join(str(p) for p in paths))
     if os.environ.get("RECSYS_BENCH_PRINT_JSON"):

@@ -8,6 +8,16 @@ from pathlib import Path
 TITLES = {
     "speed": "Training step speed (synthetic ML-100K-shaped data)",
     "eval": "Full-ranking evaluation speed (943 users, every size)",
+    "speed_levers": "What each training-speed lever buys (synthetic ML-100K-shaped data)",
+}
+
+LEVER_TEXT = {
+    "bf16": "bf16 autocast (fp32 master weights, loss, scan, metrics) -> fp32",
+    "fused_adamw": "fused AdamW -> per-parameter loop",
+    "allocator": "glibc keeps freed blocks -> default mmap/munmap per large tensor",
+    "packing": "LRU block on real positions only -> every position",
+    "triangular": "block-triangular pieces -> one masked dense GEMM per nested linear",
+    "cpu_scan": "step-by-step scan on CPU -> recursive doubling",
 }
 
 
@@ -63,7 +73,7 @@ def tree_precisions(doc: dict) -> dict[str, str]:
 def markdown(suite: str, doc: dict) -> str:
     machine, summary = doc["machine"], doc["summary"]
     peak = machine["matmul_peak"]
-    speed = suite == "speed"
+    speed = doc["suite"] == "speed"
     unit = "s/step" if speed else "s/pass"
     rate = ("tokens_per_s", "tokens/s") if speed else ("users_per_s", "users/s")
     p = doc["params"]
@@ -114,6 +124,36 @@ def markdown(suite: str, doc: dict) -> str:
     for label, by_d in doc["nesting_ratio"].items():
         for d, r in by_d.items():
             lines.append(f"- {label} {d}: {r:.2f}x")
+    if doc.get("published_ratio"):
+        lines += [
+            "",
+            "## Against the published fMRLRec block (re-implemented: `recsys/bench/published.py`)",
+            "",
+            "Same data, same D and ladder, same process layout; the published block runs as published "
+            "(fp32, per-chunk linears, complex LRU maps, square gated FFN, every position, one matmul "
+            "per size). Ratio = tokens/s of this tree's default step / tokens/s of the published block, "
+            "pair by pair in the same repeat.",
+            "",
+            "| D | median ratio | min | max | pairs |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for d, r in doc["published_ratio"].items():
+            lines.append(f"| {d} | **{r['median']:.2f}x** | {r['min']:.2f} | {r['max']:.2f} | {r['n']} |")
+    if doc.get("ablation"):
+        lines += [
+            "",
+            "## Without each lever",
+            "",
+            "Ratio = s/step without the lever / s/step with every lever, pair by pair in the same repeat "
+            "(> 1: the lever makes the step faster).",
+            "",
+            "| lever turned off (-> what runs instead) | median ratio | min | max | pairs |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for lever, r in doc["ablation"].items():
+            lines.append(
+                f"| {LEVER_TEXT.get(lever, lever)} | **{r['median']:.2f}x** | {r['min']:.2f} | {r['max']:.2f} | {r['n']} |"
+            )
     if doc.get("compare"):
         c = doc["compare"]
         lines += [

@@ -42,10 +42,11 @@ def ladder_to(d: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Config:
-    name: str  # e.g. "D1024/ladder" or "D1024/single"
+    name: str  # e.g. "D1024/ladder", "D1024/single", "D1024/published"
     dim: int
     nested: bool  # full ladder 8..D, else the single width D
     params: dict = field(hash=False, compare=False)
+    this_tree_only: bool = False  # the same code whatever the tree (the published block): run once
 
 
 def configs(suite: str, quick: bool, threads: int, overrides: dict) -> list[Config]:
@@ -64,6 +65,35 @@ def configs(suite: str, quick: bool, threads: int, overrides: dict) -> list[Conf
                 "bf16": overrides.get("bf16"),  # None: each tree's own default (worker.tree_defaults)
             }
             out.append(Config(f"D{d}/{'ladder' if nested else 'single'}", d, nested, params))
+        if suite == "speed" and not overrides.get("no_published"):
+            # the published fMRLRec block, re-implemented (published.py): fp32, plain AdamW, as published
+            params = {**out[-2].params, "model": "published", "bf16": False}
+            out.append(Config(f"D{d}/published", d, True, params, this_tree_only=True))
+    return out
+
+
+def ablation_configs(quick: bool, threads: int, overrides: dict) -> list[Config]:
+    """``--ablate``: the default training step at the largest D with every lever, then without each."""
+    from recsys.bench.worker import LEVERS
+
+    base = [c for c in configs("speed", quick, threads, overrides) if c.name.endswith("/ladder")][-1]
+    d = base.dim
+    out = [Config(f"D{d}/all levers", d, True, {**base.params, "without": None})]
+    out += [Config(f"D{d}/without {lever}", d, True, {**base.params, "without": lever}) for lever in LEVERS]
+    return out
+
+
+def ablation_ratios(runs: list[dict], cfgs: list[Config], tree: str = "this tree") -> dict:
+    """Per lever: seconds without it / seconds with every lever, pair by pair (> 1: the lever helps)."""
+    seconds: dict = {}
+    for x in runs:
+        if x["tree"] == tree:
+            seconds.setdefault(x["repeat"], {})[x["config"]] = per_run_value("speed", x["result"])["seconds"]
+    full = cfgs[0].name
+    out = {}
+    for cfg in cfgs[1:]:
+        ratios = [r[cfg.name] / r[full] for r in seconds.values() if cfg.name in r and full in r]
+        out[cfg.name.split("without ", 1)[1]] = {"ratios": ratios, **stats(ratios)}
     return out
 
 
@@ -124,6 +154,8 @@ def run_suite(
     for r in range(repeats):
         for cfg in cfgs:
             for label, tree in trees.items():
+                if cfg.this_tree_only and label != "this tree":
+                    continue
                 log(f"[{suite}] repeat {r + 1}/{repeats} {cfg.name} @ {label}")
                 result = run_worker(tree, cfg.params)
                 runs.append({"repeat": r, "config": cfg.name, "tree": label, "result": result})
@@ -131,6 +163,8 @@ def run_suite(
     for label in trees:
         summary[label] = {}
         for cfg in cfgs:
+            if cfg.this_tree_only and label != "this tree":
+                continue
             values = [
                 per_run_value(suite, x["result"])
                 for x in runs
@@ -144,12 +178,31 @@ def pair_ratios(runs: list[dict], suite: str, cfgs: list[Config], base: str, new
     """Per config: seconds(base) / seconds(new) of each interleaved pair (> 1: ``new`` is faster)."""
     out = {}
     for cfg in cfgs:
+        if cfg.this_tree_only:
+            continue
         pairs = {}
         for x in runs:
             if x["config"] == cfg.name:
                 pairs.setdefault(x["repeat"], {})[x["tree"]] = per_run_value(suite, x["result"])["seconds"]
         ratios = [p[base] / p[new] for p in pairs.values() if base in p and new in p]
         out[cfg.name] = {"ratios": ratios, **stats(ratios)}
+    return out
+
+
+def published_ratios(runs: list[dict], cfgs: list[Config], tree: str = "this tree") -> dict:
+    """Per D: tokens/s of this tree's default step / tokens/s of the published block, pair by pair."""
+    rate: dict = {}
+    for x in runs:
+        if x["tree"] == tree:
+            rate.setdefault(x["repeat"], {})[x["config"]] = per_run_value("speed", x["result"])[
+                "tokens_per_s"
+            ]
+    out = {}
+    for d in sorted({c.dim for c in cfgs if c.name.endswith("/published")}):
+        mine, theirs = f"D{d}/ladder", f"D{d}/published"
+        ratios = [r[mine] / r[theirs] for r in rate.values() if mine in r and theirs in r]
+        if ratios:
+            out[f"D{d}"] = {"ratios": ratios, **stats(ratios)}
     return out
 
 

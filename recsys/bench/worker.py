@@ -42,8 +42,28 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def build_published(p: dict):
+    """The published fMRLRec block re-implemented (``published.py`` beside this file, torch only,
+    so the same code whatever tree is under test)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "recsys_bench_published", os.path.join(os.path.dirname(os.path.abspath(__file__)), "published.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.PublishedStyleModel(
+        tuple(p["ladder"]), p["num_items"], p["feature_dim"], p["num_blocks"], p["dropout"]
+    )
+    g = torch.Generator().manual_seed(p["seed"])
+    model.features.copy_(torch.randn(p["num_items"] + 1, p["feature_dim"], generator=g))
+    return model, "published"
+
+
 def build_model(p: dict):
-    """The model through whichever ModelConfig API this tree has."""
+    """The model through whichever ModelConfig API this tree has (or the published block)."""
+    if p.get("model") == "published":
+        return build_published(p)
     from recsys.model import MatryoshkaRecModel, ModelConfig
 
     ladder = tuple(p["ladder"])
@@ -126,6 +146,33 @@ def tree_defaults(tree: str | None) -> dict:
         opt = OmegaConf.to_container(OmegaConf.load(optimizer))
         adamw = {k: v for k, v in opt.items() if k in ("fused", "foreach")}
     return {"bf16": bf16, "adamw": adamw}
+
+
+#: ``recsys-bench speed --ablate``: each lever of the training step, and how to turn it off in THIS
+#: tree (never used against another tree)
+LEVERS = ("bf16", "fused_adamw", "allocator", "packing", "triangular", "cpu_scan")
+
+
+def turn_off(lever: str, p: dict) -> None:
+    """Undo one training-speed lever in this process (the reference path each was tested against)."""
+    if lever == "bf16":
+        p["bf16"] = False
+    elif lever == "fused_adamw":
+        p["adamw"] = {}
+    elif lever == "packing":  # every map on every position, padding included
+        from recsys.nn.lru import LRUBackbone
+
+        LRUBackbone.forward = LRUBackbone.forward_padded
+    elif lever == "triangular":  # one masked dense GEMM per nested linear
+        from recsys.nn.nested import NestedLinear
+
+        NestedLinear.forward = NestedLinear.forward_reference
+    elif lever == "cpu_scan":  # recursive doubling on CPU too
+        from recsys.nn import lru
+
+        lru._step_by_step = lambda t: False
+    elif lever != "allocator":  # the allocator is handled before anything is allocated
+        raise ValueError(f"unknown lever {lever!r}; known: {LEVERS}")
 
 
 def autocast(p: dict):
@@ -239,18 +286,22 @@ def main() -> None:
     torch.set_num_threads(p["threads"])
     import recsys
 
+    off = p.get("without")
     try:  # the tree's own process-wide settings, as its trainer and evaluation apply them
         from recsys.runtime import keep_freed_memory
     except ImportError:  # e4e3404 and before: none
         pass
     else:
-        keep_freed_memory()
+        if off != "allocator":
+            keep_freed_memory()
     defaults = tree_defaults(p.get("tree"))
     if p.get("bf16") is None:  # as the tree ships (evaluation: fp32); --bf16 / --fp32 force one for all
-        p["bf16"] = defaults["bf16"] and p["suite"] == "speed"
-    p["adamw"] = defaults["adamw"]
+        p["bf16"] = defaults["bf16"] and p["suite"] == "speed" and p.get("model") != "published"
+    p["adamw"] = defaults["adamw"] if p.get("model") != "published" else {}  # published: fp32, plain AdamW
+    if off:
+        turn_off(off, p)
     result = {"suite": p["suite"], "recsys_path": os.path.dirname(os.path.abspath(recsys.__file__))}
-    result.update({"precision": "bf16" if p["bf16"] else "fp32", "adamw_options": p["adamw"]})
+    result.update({"precision": "bf16" if p["bf16"] else "fp32", "adamw_options": p["adamw"], "without": off})
     result.update(run_speed(p) if p["suite"] == "speed" else run_eval(p))
     result["threads"] = torch.get_num_threads()
     tree = os.path.dirname(result["recsys_path"])

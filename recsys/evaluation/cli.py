@@ -1,4 +1,4 @@
-"""``recsys-eval run_dir=RUN_DIR [split=test|validation] [checkpoint=best|last|PATH] [filter_history=...]``.
+"""``recsys-eval run_dir=RUN_DIR [split=test|validation] [checkpoint=best|last|PATH]``.
 
 Evaluates a trained run's checkpoint at every size of its ladder, prints the table and writes
 ``RUN_DIR/eval_{split}_{checkpoint}.json``.
@@ -14,10 +14,11 @@ from data_prep.io import write_json_atomic
 from recsys.builders import load_run, resolve_run
 from recsys.evaluation.evaluate import evaluate_split
 from recsys.evaluation.reporting import SizeMetrics, format_table, jsonable_metrics
+from recsys.runtime import keep_freed_memory
 
 USAGE = (
     "usage: recsys-eval run_dir=RUN_DIR [split=test|validation] [checkpoint=best|last|PATH] "
-    "[filter_history=true|false]"
+    "(both protocols: all items and unseen items only)"
 )
 
 
@@ -25,18 +26,16 @@ def main(argv: list[str] | None = None) -> None:
     args = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
     if "run_dir" not in args:
         raise SystemExit(USAGE)
+    keep_freed_memory()
     run_dir, ckpt_path = resolve_run(args.run_dir, str(args.get("checkpoint", "best")))
     cfg, dataset, model = load_run(run_dir, ckpt_path)
     split_name = args.get("split", "test")
-    filter_history = bool(args.get("filter_history", cfg.eval.filter_history))
     results: SizeMetrics = evaluate_split(
-        model, dataset.split(split_name), cfg.eval.ks, filter_history, cfg.eval.batch_size
+        model, dataset.split(split_name), cfg.eval.ks, cfg.eval.batch_size
     ).compute()
-    print(
-        format_table(results, title=f"{split_name} metrics of {ckpt_path} (filter_history={filter_history})")
-    )
+    print(format_table(results, title=f"{split_name} metrics of {ckpt_path}"))
     out = run_dir / f"eval_{split_name}_{ckpt_path.stem}.json"
-    summary = {"split": split_name, "checkpoint": str(ckpt_path), "filter_history": filter_history}
+    summary = {"split": split_name, "checkpoint": str(ckpt_path)}
     write_json_atomic(out, {**summary, "metrics": jsonable_metrics(results)})
     print(f"written {out}")
 

@@ -7,7 +7,7 @@ import logging
 import torch
 
 from recsys.data import EvalSplit
-from recsys.evaluation.metrics import MetricAccumulator, mask_history, validate_ks
+from recsys.evaluation.metrics import MetricAccumulator, validate_ks
 from recsys.model import MatryoshkaRecModel
 
 log = logging.getLogger("recsys.evaluation.evaluate")
@@ -18,13 +18,14 @@ def evaluate_split(
     model: MatryoshkaRecModel,
     split: EvalSplit,
     ks: tuple[int, ...] | list[int],
-    filter_history: bool = False,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     user_range: tuple[int, int] | None = None,
     split_name: str = "evaluation",
 ) -> MetricAccumulator:
-    """Rank every catalog item for each user of ``split`` at every size of ``model.ladder``.
+    """Rank every catalog item for each user of ``split`` at every size of ``model.ladder``, under
+    both protocols (all items: ``ndcg@10``; unseen items only: ``unseen/ndcg@10``; see
+    ``recsys/evaluation/metrics.py``) from the same scores.
 
     The catalog embeddings (N+1, D) are computed once (and what the backbone computes per catalog
     item, kept in a cache for every batch); each batch costs one backbone pass, only what the last
@@ -44,9 +45,7 @@ def evaluate_split(
         # float64 dot products: fp32 rounding of the large common score offset reorders near-ties;
         # (M, B, N+1), padding column -inf
         scores = model.score(inputs, item_emb, dtype=torch.float64, cache=cache)
-        if filter_history:
-            scores = mask_history(scores, history, targets)
-        acc.update(scores, targets)
+        acc.update(scores, targets, history)
     model.train(was_training)
     bad = {d: n for d, n in acc.nonfinite_users().items() if n}
     if bad:

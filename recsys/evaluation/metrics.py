@@ -13,6 +13,16 @@ cannot look good. Non-finite scores never help the target: a NaN item score coun
 than the target, and a non-finite target score (NaN, +inf or -inf) is a miss (rank N, beyond
 every cut-off). The accumulator counts such users per size (``nonfinite``) so they are reported.
 
+Two protocols from the same scores, both always reported:
+
+* **all items** (names ``ndcg@10``, ...): the target ranked among every catalog item, as the
+  published fMRLRec code measures;
+* **unseen items** (names ``unseen/ndcg@10``, ...): items the user already has in their history
+  (other than the target) are left out of the ranking, as serving returns them and as RecBole
+  and RecTools benchmarks report. The unseen rank is the all-items rank minus the distinct seen
+  items scored at or above the target, so it costs one gather of the history's scores, not a
+  second ranking.
+
 Results are accumulated as per-user *sums* and a user count, so that shards of users (batches,
 or ranks of a distributed job) combine by summation, never by averaging averages.
 """
@@ -26,6 +36,13 @@ import torch
 
 METRIC_NAMES = ("recall", "ndcg", "mrr")
 DEFAULT_KS = (5, 10, 20, 50)
+PROTOCOLS = ("all", "unseen")
+UNSEEN = "unseen/"  # name prefix of the unseen-items protocol
+
+
+def protocol_of(name: str) -> str:
+    """ "all" for ``ndcg@10``, "unseen" for ``unseen/ndcg@10``."""
+    return "unseen" if name.startswith(UNSEEN) else "all"
 
 
 def validate_ks(ks: Iterable[int], num_items: int | None = None) -> tuple[int, ...]:
@@ -76,15 +93,41 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.where(target_scores.squeeze(-1).isfinite(), not_below, torch.full_like(not_below, num_items))
 
 
-def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tensor]:
-    """Per-user metric values from 0-based ranks. ranks: (..., B) -> {"recall@k": (..., B), ...}."""
+def seen_not_below(scores: torch.Tensor, history: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """How many DISTINCT seen items (history ids other than 0 and the target) score at or above the
+    target (or NaN): what the unseen-items protocol removes from the all-items rank.
+
+    scores: (..., B, N+1); history: (B, H) item ids, 0 = padding; targets: (B,) -> (..., B) long.
+    """
+    ids, _ = history.sort(dim=1)  # (B, H): duplicates side by side
+    valid = (ids != 0) & (ids != targets[:, None])
+    valid[:, 1:] &= ids[:, 1:] != ids[:, :-1]  # each seen item once
+    lead = scores.shape[:-2]
+    seen = scores.gather(-1, ids.expand(*lead, *ids.shape))  # (..., B, H)
+    index = targets.view(*([1] * len(lead)), -1, 1).expand(*lead, targets.shape[0], 1)
+    target_scores = scores.gather(-1, index)  # (..., B, 1)
+    return (((seen >= target_scores) | seen.isnan()) & valid).sum(-1)
+
+
+def unseen_ranks(
+    ranks: torch.Tensor, scores: torch.Tensor, history: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """(..., B) ranks among unseen items from the all-items ``ranks`` of :func:`target_ranks`; a
+    miss (rank N: non-finite target score) stays a miss."""
+    num_items = scores.shape[-1] - 1
+    return torch.where(ranks >= num_items, ranks, ranks - seen_not_below(scores, history, targets))
+
+
+def metrics_from_ranks(ranks: torch.Tensor, ks: Sequence[int], prefix: str = "") -> dict[str, torch.Tensor]:
+    """Per-user metric values from 0-based ranks. ranks: (..., B) -> {"recall@k": (..., B), ...}
+    (names prefixed with ``prefix``, e.g. ``unseen/``)."""
     ranks = ranks.to(torch.float64)
     out: dict[str, torch.Tensor] = {}
     for k in ks:
         hit = (ranks < k).to(torch.float64)
-        out[f"recall@{k}"] = hit
-        out[f"ndcg@{k}"] = hit / torch.log2(ranks + 2.0)
-        out[f"mrr@{k}"] = hit / (ranks + 1.0)
+        out[f"{prefix}recall@{k}"] = hit
+        out[f"{prefix}ndcg@{k}"] = hit / torch.log2(ranks + 2.0)
+        out[f"{prefix}mrr@{k}"] = hit / (ranks + 1.0)
     return out
 
 
@@ -102,18 +145,26 @@ class MetricAccumulator:
     count: int = 0
     nonfinite: torch.Tensor | None = None  # (M,) users whose scores held a NaN/inf (counted as misses)
 
-    def update(self, scores: torch.Tensor, targets: torch.Tensor) -> None:
-        """scores: (M, B, N+1) for the M sizes, padding column at -inf; targets: (B,)."""
+    def update(
+        self, scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor | None = None
+    ) -> None:
+        """scores: (M, B, N+1) for the M sizes, padding column at -inf; targets: (B,); history
+        (B, H) item ids (0 = padding): with it, the unseen-items protocol is accumulated too."""
         if scores.shape[0] != len(self.sizes):
             raise ValueError(f"scores hold {scores.shape[0]} sizes, accumulator expects {len(self.sizes)}")
         # -inf is legitimate (padding, filtered history); NaN and +inf are not
         bad = (scores.isnan() | (scores == float("inf"))).any(-1).sum(-1).cpu()  # (M,)
         self.nonfinite = bad if self.nonfinite is None else self.nonfinite + bad
-        self.update_ranks(target_ranks(scores, targets))
+        ranks = target_ranks(scores, targets)
+        unseen = unseen_ranks(ranks, scores, history, targets) if history is not None else None
+        self.update_ranks(ranks, unseen)
 
-    def update_ranks(self, ranks: torch.Tensor) -> None:
-        """ranks: (M, B) 0-based target ranks (see :func:`target_ranks`)."""
+    def update_ranks(self, ranks: torch.Tensor, unseen: torch.Tensor | None = None) -> None:
+        """ranks: (M, B) 0-based target ranks (see :func:`target_ranks`); ``unseen`` (M, B) the
+        same among unseen items (:func:`unseen_ranks`), or None."""
         per_user = metrics_from_ranks(ranks, self.ks)
+        if unseen is not None:
+            per_user.update(metrics_from_ranks(unseen, self.ks, UNSEEN))
         for name, values in per_user.items():
             total = values.sum(-1).cpu()
             self.sums[name] = self.sums[name] + total if name in self.sums else total

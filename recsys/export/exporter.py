@@ -206,7 +206,7 @@ def write_size(
         "size": d,
         "validation": run_metrics.get("validation", {}).get(str(d), {}),
         "test": run_metrics.get("test", {}).get(str(d), {}),
-        "filter_history": run_metrics.get("filter_history"),
+        "protocols": run_metrics.get("protocols"),
         "parameters": params,
         "catalog_parameters": int(emb.numel()),
         **({} if inputs is None else {"input_embedding_parameters": int(inputs.numel())}),

@@ -62,7 +62,7 @@ def run_independent(
         "independent": True,
         "sizes": list(sizes),
         "ks": [int(k) for k in cfg.eval.ks],
-        "filter_history": bool(cfg.eval.filter_history),
+        "protocols": {"all": "every catalog item", "unseen": "items not in the user's history"},
         "monitor": str(cfg.trainer.monitor),
         "validation": jsonable_metrics(validation),
         "test": jsonable_metrics(test),

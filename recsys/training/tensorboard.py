@@ -24,10 +24,11 @@ class TensorBoardLogger:
         self.writer = SummaryWriter(log_dir=str(log_dir))
         self.sizes = tuple(sizes)
         layout: dict[str, dict[str, list[Any]]] = {"validation (all sizes per chart)": {}, "training": {}}
-        for metric in ("recall", "ndcg", "mrr"):
-            for k in ks:
-                name = f"{metric}@{k}"
-                layout["validation (all sizes per chart)"][name] = ["Multiline", [rf"val/{name}/d\d+"]]
+        for prefix in ("", "unseen/"):  # all items, then unseen items only
+            for metric in ("recall", "ndcg", "mrr"):
+                for k in ks:
+                    name = f"{prefix}{metric}@{k}"
+                    layout["validation (all sizes per chart)"][name] = ["Multiline", [rf"val/{name}/d\d+"]]
         layout["training"]["loss per size"] = ["Multiline", [r"train/loss/d\d+"]]
         self.writer.add_custom_scalars(layout)
 

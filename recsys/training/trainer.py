@@ -38,8 +38,10 @@ from recsys.builders import build_dataset, build_model
 from recsys.config import effective_ladder, validate, validate_for_dataset
 from recsys.data import SequenceDataset
 from recsys.evaluation.evaluate import evaluate_split
+from recsys.evaluation.metrics import protocol_of
 from recsys.evaluation.reporting import SizeMetrics, jsonable_metrics, save_metrics_plot
 from recsys.model import MatryoshkaRecModel
+from recsys.runtime import keep_freed_memory
 from recsys.training.checkpoint import (
     load_checkpoint,
     load_model_state,
@@ -100,6 +102,7 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> None:
         validate(cfg)
+        keep_freed_memory()  # large per-step temporaries reuse freed heap instead of fresh pages
         self.cfg = cfg
         tcfg = cfg.trainer
         self.run_dir = Path(run_dir)
@@ -189,7 +192,6 @@ class Trainer:
             self.model,
             data,
             self.ks,
-            self.cfg.eval.filter_history,
             self.cfg.eval.batch_size,
             self.device,
             user_range=user_range,
@@ -206,9 +208,10 @@ class Trainer:
         self.val_history.append({"step": self.step, "epoch": self.epoch, "value": value})
         improved = stopper.update(value, self.step)
         log.info(
-            "step %d validation %s@d%d = %.4f (best %.4f at step %d)",
+            "step %d validation %s (%s) @d%d = %.4f (best %.4f at step %d)",
             self.step,
             stopper.monitor,
+            "unseen items" if protocol_of(stopper.monitor) == "unseen" else "all items",
             stopper.size,
             value,
             stopper.best_value,
@@ -358,7 +361,7 @@ class Trainer:
             {
                 "sizes": list(self.sizes),
                 "ks": list(self.ks),
-                "filter_history": bool(self.cfg.eval.filter_history),
+                "protocols": {"all": "every catalog item", "unseen": "items not in the user's history"},
                 "monitor": f"{stopper.monitor}@d{stopper.size}",
                 "best_step": stopper.best_step,
                 "best_validation_value": stopper.best_value,

@@ -127,3 +127,74 @@ def test_compare_head_runs_both_trees_interleaved_and_gives_positive_ratios(tmp_
     assert ratio["n"] == 1 and ratio["median"] > 0
     assert doc["machine"]["git"]["commit"] and (tmp_path / "speed.md").is_file()
     assert bench_worktrees() <= before, "the compare worktree was not removed"
+
+
+def test_ablation_turns_each_lever_off_in_its_own_process_and_reports_the_ratio():
+    cfgs = suites.ablation_configs(True, 1, {"dims": [16], "steps": 2})
+    assert [c.params["without"] for c in cfgs] == [None, *load_worker().LEVERS]
+    params = {**cfgs[0].params, "warmup": 1, "num_items": 40, "feature_dim": 8, "tree": str(ROOT)}
+    results = {}
+    for lever in (None, "packing", "triangular"):  # the ones that patch classes: own processes
+        results[lever] = suites.run_worker(ROOT, {**params, "without": lever})
+        assert results[lever]["without"] == lever
+    # the levers change what runs: fewer FLOPs with packing and with the triangular pieces ...
+    assert results["packing"]["flops_per_step"] > results[None]["flops_per_step"]
+    assert results["triangular"]["flops_per_step"] > results[None]["flops_per_step"]
+    # ... and not what is computed: same model, same batches, the same losses (up to bf16 rounding)
+    for lever in ("packing", "triangular"):
+        assert results[lever]["losses"] == pytest.approx(results[None]["losses"], rel=2e-2)
+    p = {"bf16": True, "adamw": {"fused": True}}
+    load_worker().turn_off("bf16", p)
+    load_worker().turn_off("fused_adamw", p)
+    assert p == {"bf16": False, "adamw": {}}
+    with pytest.raises(ValueError, match="unknown lever"):
+        load_worker().turn_off("magic", p)
+    runs = [
+        {"repeat": 0, "config": c.name, "tree": "this tree", "result": {**results[None], "step_seconds": [s]}}
+        for c, s in zip(cfgs, [1.0, 2.0, 1.5, 1.0, 1.2, 1.1, 1.3])
+    ]
+    ratios = suites.ablation_ratios(runs, cfgs)
+    assert ratios["bf16"]["median"] == 2.0 and set(ratios) == set(load_worker().LEVERS)
+
+
+def load_published():
+    spec = importlib.util.spec_from_file_location(
+        "recsys_bench_published", suites.WORKER.with_name("published.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_published_block_reimplementation_computes_its_recurrence():
+    # the published scan: h_t = lambda * h_{t-1} * real_{t-1} + gamma * B x_t (state reset after padding)
+    published = load_published()
+    torch.manual_seed(0)
+    lru = published.ComplexLRU((4, 8, 16), dropout=0.0, r_min=0.0, r_max=0.9)
+    x = torch.randn(3, 8, 16)
+    real = torch.ones(3, 8, dtype=torch.bool)
+    real[0, :3] = False  # left padding (the published scan is exact for left padding only)
+    nu, theta, gamma = torch.exp(lru.params_log)
+    lam = torch.exp(torch.complex(-nu, theta))
+    drive = lru.in_map(x.to(torch.cfloat)) * gamma
+    h, states = torch.zeros(3, 16, dtype=torch.cfloat), []
+    for t in range(8):
+        h = (lam * h * real[:, t - 1 : t] if t > 0 else 0) + drive[:, t]
+        states.append(h)
+    with torch.no_grad():
+        torch.testing.assert_close(lru(x, real), lru.out_map(torch.stack(states, 1)).real)
+    # chunk j of a chunk linear reads only inputs [:s_j]: the slicing invariant holds there too
+    lin = published.ChunkLinear((4, 8, 16))
+    y = torch.randn(2, 16)
+    z = y.clone()
+    z[:, 8:] = torch.randn(2, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(lin(y)[:, :8], lin(z)[:, :8])
+    model = published.PublishedStyleModel((4, 8, 16), num_items=30, feature_dim=6)
+    seq = torch.randint(1, 31, (4, 10))
+    seq[0, :4] = 0
+    targets = torch.roll(seq, -1, 1)
+    targets[seq == 0] = 0
+    assert model.scores(seq).shape == (3 * 4, 10, 31)
+    loss = model.loss(seq, targets)
+    assert torch.isfinite(loss) and loss.requires_grad

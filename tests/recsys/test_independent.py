@@ -35,7 +35,9 @@ def test_tiny_independent_run_writes_per_size_runs_and_combined_metrics(processe
     assert metrics["independent"] is True and metrics["sizes"] == [4, 8]
     for split in ("validation", "test"):
         assert set(metrics[split]) == {"4", "8"}
-        assert set(metrics[split]["8"]) == {f"{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in (5, 10)}
+        assert set(metrics[split]["8"]) == {
+            f"{p}{m}@{k}" for p in ("", "unseen/") for m in ("recall", "ndcg", "mrr") for k in (5, 10)
+        }
     for d in (4, 8):
         sub = tmp_path / "run" / f"d{d:04d}"
         sub_metrics = json.loads((sub / "metrics.json").read_text())

@@ -10,6 +10,7 @@ from recsys.evaluation.metrics import (
     mask_history,
     metrics_from_ranks,
     target_ranks,
+    unseen_ranks,
     validate_ks,
 )
 
@@ -135,3 +136,34 @@ def test_k_not_below_the_catalog_is_rejected():
     with pytest.raises(ValueError, match="catalog size 20"):
         validate_ks([5, 20], num_items=20)
     assert validate_ks([5, 19], num_items=20) == (5, 19)
+
+
+def test_unseen_ranks_equal_ranking_with_seen_items_masked_with_ties_duplicates_and_nan():
+    # the cheap unseen protocol (all-items rank minus seen items at or above the target) against
+    # the reference: mask seen items to -inf, then rank
+    g = torch.Generator().manual_seed(0)
+    sizes, users, items = 3, 40, 30
+    scores = torch.randint(0, 6, (sizes, users, items + 1), generator=g).double()  # many ties
+    scores[..., 0] = NEG
+    scores[1, 5, 7] = float("nan")  # a NaN item, and a NaN target below
+    targets = torch.randint(1, items + 1, (users,), generator=g)
+    scores[2, 9, targets[9]] = float("nan")
+    history = torch.randint(0, items + 1, (users, 12), generator=g)  # padding 0s and duplicates
+    history[3, :4] = targets[3]  # the target itself in the history: never removed
+    history[4] = 0  # no history: both protocols agree
+    ranks = target_ranks(scores, targets)
+    reference = target_ranks(mask_history(scores, history, targets), targets)
+    got = unseen_ranks(ranks, scores, history, targets)
+    assert torch.equal(got, reference)
+    assert torch.equal(got[:, 4], ranks[:, 4]) and bool((got <= ranks).all())
+    assert got[2, 9] == items  # a non-finite target stays a miss
+
+
+def test_accumulator_reports_both_protocols_from_one_update():
+    scores = torch.tensor([[[NEG, 0.9, 0.8, 0.7, 0.1]]])  # one size, one user
+    acc = MetricAccumulator(sizes=(4,), ks=(1, 2))
+    acc.update(scores, torch.tensor([2]), history=torch.tensor([[1, 0]]))  # saw item 1, ranked above
+    result = acc.compute()[4]
+    assert result["recall@1"] == 0.0 and result["recall@2"] == 1.0  # all items: rank 1
+    assert result["unseen/recall@1"] == 1.0  # item 1 left out: rank 0
+    assert result["unseen/ndcg@2"] == 1.0 and result["ndcg@2"] == pytest.approx(1 / math.log2(3))

@@ -74,5 +74,5 @@ def test_evaluation_runs_in_fp32_whatever_the_training_precision(processed_datas
     assert not torch.equal(plain, cast)  # autocast would change the scores ...
     data = trainer.dataset.split("validation")  # ... and the trainer's evaluation is the fp32 one
     ks, cfg = trainer.ks, trainer.cfg.eval
-    reference = evaluate_split(trainer.model, data, ks, cfg.filter_history, cfg.batch_size).compute()
+    reference = evaluate_split(trainer.model, data, ks, cfg.batch_size).compute()
     assert trainer.evaluate("validation") == reference

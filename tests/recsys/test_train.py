@@ -57,8 +57,14 @@ def test_run_writes_metrics_plot_checkpoints_and_tensorboard(processed_dataset, 
     run_dir = out["run_dir"]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert set(metrics["test"]) == {"4", "8", "16"}
-    assert set(metrics["test"]["16"]) == {f"{m}@{k}" for m in ("recall", "ndcg", "mrr") for k in (5, 10)}
-    assert metrics["filter_history"] is False
+    assert set(metrics["protocols"]) == {"all", "unseen"}
+    for size in ("4", "16"):  # both protocols, every metric and k
+        assert set(metrics["test"][size]) == {
+            f"{p}{m}@{k}" for p in ("", "unseen/") for m in ("recall", "ndcg", "mrr") for k in (5, 10)
+        }
+        for name, value in metrics["test"][size].items():  # leaving seen items out never hurts the target
+            if name.startswith("unseen/"):
+                assert value >= metrics["test"][size][name.removeprefix("unseen/")] - 1e-12
     assert (run_dir / "metrics_vs_size.png").stat().st_size > 1000
     assert (run_dir / "checkpoints" / "best.pt").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
     events = EventAccumulator(str(run_dir / "tb"))
@@ -67,6 +73,7 @@ def test_run_writes_metrics_plot_checkpoints_and_tensorboard(processed_dataset, 
     for size in (4, 8, 16):
         assert f"val/recall@10/d{size:04d}" in tags
         assert f"val/ndcg@10/d{size:04d}" in tags
+        assert f"val/unseen/ndcg@10/d{size:04d}" in tags
         assert f"train/loss/d{size:04d}" in tags
     values = [e.value for e in events.Scalars("val/ndcg@10/d0016")]
     assert len(values) == 2 and all(0 <= v <= 1 for v in values)
