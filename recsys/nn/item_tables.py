@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -17,6 +18,19 @@ from torch import nn
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 
 ID_FEATURE = "item_id"
+
+
+class _DropFxTracingNotice(logging.Filter):
+    """torchrec's KeyedJaggedTensor asks ``torch.fx.is_fx_tracing()`` on every lookup, and torch
+    2.13 logs a deprecation notice the first time ("is_fx_tracing will return true for both
+    fx.symbolic_trace and torch.export ..."): advice for torchrec's authors, noise for a user of
+    ours. Only that record of that logger is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("is_fx_tracing will return true")
+
+
+logging.getLogger("torch.fx._symbolic_trace").addFilter(_DropFxTracingNotice())
 
 
 def _lookup_kjt(keys: Sequence[str], ids: torch.Tensor) -> KeyedJaggedTensor:

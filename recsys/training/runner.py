@@ -111,7 +111,13 @@ def run(
         if reason != "stop_after_steps" and cfg.test_at_end:
             results = trainer.test_best()
             if env.is_main:
-                title = f"test metrics per size (best step {trainer.early_stopping.best_step})"
+                stopper = trainer.early_stopping
+                protocol = "unseen items only" if stopper.monitor.startswith("unseen/") else "all items"
+                title = (
+                    f"test metrics per size at the best step {stopper.best_step} (selected on validation "
+                    f"{stopper.monitor} at d{stopper.size}, {protocol}); unseen/ = items the user has already "
+                    "seen left out of the ranking, as serving does; every metric in metrics.json"
+                )
                 print(format_table(results["test"], title=title))
     finally:
         trainer.tb.close()
