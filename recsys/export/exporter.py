@@ -1,11 +1,13 @@
 """``recsys-export``: one standalone serving artifact per size d of a trained run.
 
     recsys-export RUN_DIR [--sizes 64,256,1024] [--out DIR] [--checkpoint best|last|PATH]
+                  [--latency-runs 20] [--no-cards]
     recsys-export RUN_DIR/checkpoints/best.pt            # a checkpoint file: run dir = its parent's parent
 
 For every size d (default: the whole ladder) it writes ``OUT/d{d:04d}/`` (default OUT =
 RUN_DIR/export; layout in recsys/export/artifact.py and docs/serving.md) and a top-level
-``index.json`` listing every size with its test metrics, parameter count and bytes on disk.
+``index.json`` listing every size with its test metrics, parameter count, bytes on disk, latency and
+model card (printed as a table, one row per size with its card's path).
 
 The width-d inference model (``recsys.export.artifact.InferenceModule``) is ``model.slice(d)``'s
 backbone plus the precomputed (N+1, d) catalog matrix: history ids -> matrix rows -> backbone ->
@@ -13,6 +15,16 @@ last position -> h @ E^T. The feature tables and projector are not needed at ser
 serialized program is a ``torch.export`` ExportedProgram of it (the complex-valued LRU scan exports
 fine), loadable with ``torch.export.load`` without the recsys package (it unpickles:
 ``recsys-serve`` loads it only with ``--trust-program``).
+
+Each size folder also gets a model card, ``README.md`` (Hugging Face style: YAML front matter with
+width, parameters, bytes, latency, tier and the test metrics as ``model-index``; then the metrics
+under both protocols with their ratio to the largest size, the latency, the dataset's manifest
+counts, the training config summary, how to load it and its intended serving tier). It is written
+before the folder's checksums.json, so it is covered like every other file: an edited card fails
+verification. Exports without cards (older ones, ``--no-cards``) load as before. The latency is
+measured by the exporter: the median of ``--latency-runs`` (default 20) single-request scorings of
+the staged artifact on CPU (python engine, history (1, max_len) -> scores -> top-10), recorded in
+metrics.json (``latency``), index.json (``latency_ms``) and the card.
 
 After the sizes, ``OUT/checksums.json`` records the sha256 of index.json and of every size's
 checksums.json, and the export digest over that list is printed (``recsys.export.artifact.export_digest``):
@@ -39,16 +51,21 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
 from recsys.builders import load_run, resolve_run
 from recsys.export.artifact import (
+    CHECKSUMS_FILE,
     CONFIG_FILE,
     FORMAT,
     FORMAT_VERSION,
@@ -73,6 +90,10 @@ from recsys.nn import build_backbone
 log = logging.getLogger("recsys.export.exporter")
 PARITY_KS = (10, 50)
 PARITY_RTOL = 1e-4
+CARD_FILE = "README.md"  # the model card of a size folder (covered by its checksums.json like every file)
+LATENCY_RUNS = 20  # timed single-request scorings per size (after LATENCY_WARMUP untimed ones)
+LATENCY_WARMUP = 3
+LATENCY_K = 10
 
 
 class ParityError(AssertionError):
@@ -215,20 +236,61 @@ def write_size(
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
 
 
-def finalize_size(staging: Path, parity: dict[str, Any], final: Path) -> dict[str, Any]:
+def measure_latency(staging: Path, history: torch.Tensor, runs: int = LATENCY_RUNS) -> dict[str, Any]:
+    """Median wall time of ``runs`` single-request scorings with the staged artifact on CPU: one
+    history (1, max_len) -> scores (1, N+1) through the python engine (what ``recsys-serve`` runs by
+    default) -> top-``LATENCY_K``, after ``LATENCY_WARMUP`` untimed ones."""
+    artifact = load_artifact(staging, verify=False)
+    history = history[:1].cpu()
+    k = min(LATENCY_K, artifact.num_items)
+    times = []
+    for i in range(LATENCY_WARMUP + runs):
+        start = time.perf_counter()
+        torch.topk(artifact.scores(history), k, dim=1)
+        if i >= LATENCY_WARMUP:
+            times.append((time.perf_counter() - start) * 1e3)
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "max_ms": max(times),
+        "runs": runs,
+        "batch_size": 1,
+        "k": k,
+        "engine": "python",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+    }
+
+
+def finalize_size(
+    staging: Path,
+    parity: dict[str, Any],
+    final: Path,
+    latency: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Complete metrics.json (parity, latency, file sizes), write the model card (README.md, from
+    ``card``: :func:`card_context`) and checksums.json over every file, card included, then move
+    the staged folder to ``final``; returns its index.json entry."""
     metrics = json.loads((staging / METRICS_FILE).read_text())
     metrics["parity"] = parity
+    if latency is not None:
+        metrics["latency"] = latency
     files = {
         p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file() and p.name != METRICS_FILE
     }
     metrics["file_bytes"] = files
     (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    if card is not None:
+        files = {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()}
+        (staging / CARD_FILE).write_text(model_card(metrics, files, card), encoding="utf-8")
     write_checksums(staging)
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
     total = sum(p.stat().st_size for p in final.iterdir() if p.is_file())
-    return {
+    entry = {
         "dir": final.name,
         "size": metrics["size"],
         "metrics": {
@@ -239,6 +301,269 @@ def finalize_size(staging: Path, parity: dict[str, Any], final: Path) -> dict[st
         "catalog_parameters": metrics["catalog_parameters"],
         "bytes": total,
     }
+    if latency is not None:
+        entry["latency_ms"] = latency["median_ms"]
+    if card is not None:
+        entry["card"] = f"{final.name}/{CARD_FILE}"
+    return entry
+
+
+# ---------------------------------------------------------------------------- model card
+def card_metric_names(ks: list[int]) -> list[str]:
+    """Recall, NDCG and MRR at k = 10 (else the smallest k of the run), all items then unseen only."""
+    k = 10 if 10 in ks or not ks else min(ks)
+    return [f"{p}{m}@{k}" for p in ("", "unseen/") for m in ("ndcg", "recall", "mrr")]
+
+
+def _short_target(target: Any) -> str:
+    return str(target).rpartition(".")[2] if target else "-"
+
+
+def card_context(
+    cfg: DictConfig,
+    dataset: Any,
+    model: MatryoshkaRecModel,
+    run_metrics: dict[str, Any],
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """What every size's model card shares: the run's name, ladder and test metrics by size, the
+    dataset's manifest counts and the training config summary (from the run's config.yaml)."""
+    manifest = dataset.manifest if isinstance(getattr(dataset, "manifest", None), dict) else {}
+    final = manifest.get("final") if isinstance(manifest.get("final"), dict) else {}
+    counted = {
+        "users": len(dataset.sequences),
+        "items": int(dataset.num_items),
+        "interactions": int(sum(len(s) for s in dataset.sequences)),
+    }
+    counts = {key: final.get(key, counted[key]) for key in counted}
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    optimizer = OmegaConf.to_container(cfg.trainer.optimizer, resolve=True)
+    ks = [int(k) for k in run_metrics.get("ks") or cfg.eval.ks]
+    return {
+        "name": str(cfg.name),
+        "ladder": [int(d) for d in model.ladder],
+        "test": run_metrics.get("test", {}),
+        "metric_names": card_metric_names(ks),
+        "dataset": {
+            "name": str(manifest.get("dataset", cfg.data.name)),
+            "config": str(cfg.data.name),
+            "path": str(cfg.data.path),
+            **counts,
+            "counts_from": "manifest.json"
+            if all(k in final for k in counted)
+            else "manifest.json + sequences",
+            "max_len": int(cfg.data.max_len),
+        },
+        "training": {
+            "backbone": _short_target(backbone.get("_target_")),
+            "backbone_config": {
+                k: v for k, v in backbone.items() if k not in ("_target_", "ladder", "max_len")
+            },
+            "ladder": [int(d) for d in model.ladder],
+            "max_epochs": int(cfg.trainer.max_epochs),
+            "best_step": run_metrics.get("best_step"),
+            "monitor": run_metrics.get("monitor"),
+            "optimizer": _short_target(optimizer.get("_target_")),
+            "lr": optimizer.get("lr"),
+            "batch_size": int(cfg.trainer.batch_size),
+            "loss": _short_target(cfg.loss.get("_target_")),
+            "seed": int(cfg.seed),
+            "modalities": [str(m) for m in cfg.model.modalities],
+        },
+        "source": source,
+    }
+
+
+def intended_tier(d: int, ladder: list[int]) -> tuple[str, str]:
+    """(tier, sentence): the lower half of the ladder shortlists, the upper half re-ranks."""
+    if d == ladder[-1]:
+        return "re-ranking", (
+            "Re-ranking / final ranking: the full-width, most accurate size. Re-rank the shortlist of a "
+            "small size with it (the large tier of serving/funnel.py), or serve it alone when its "
+            "per-request cost (~ catalog size x d) fits the latency budget."
+        )
+    if ladder.index(d) < len(ladder) / 2:
+        return "shortlist", (
+            "Shortlist / candidate generation: a small size whose full-catalog scoring is cheap "
+            "(~ catalog size x d per request); keep its top few hundred candidates and re-rank them "
+            "with a large size (the small tier of serving/funnel.py), or use it where memory or "
+            "latency rule out the large sizes."
+        )
+    return "re-ranking", (
+        "Re-ranking, or single-stage serving at a lower cost than the largest size: re-rank a small "
+        "size's shortlist with it (the large tier of serving/funnel.py) when the largest size is too slow."
+    )
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _monitor_text(monitor: Any) -> str:
+    """metrics.json's ``monitor`` ("ndcg@10@d16") as "`ndcg@10` at d=16"."""
+    if not monitor:
+        return "-"
+    metric, sep, size = str(monitor).rpartition("@d")
+    return f"`{metric}` at d={size}" if sep and size.isdigit() else f"`{monitor}`"
+
+
+def _ratio(value: Any, ref: Any) -> float | None:
+    return None if value is None or not ref else float(value) / float(ref)
+
+
+def model_card(metrics: dict[str, Any], files: dict[str, int], card: dict[str, Any]) -> str:
+    """The Hugging Face-style README.md of one size folder: YAML front matter (width, parameters,
+    bytes, latency, tier, ``model-index`` metrics) and a markdown body (model, metrics and their ratio
+    to the largest size, latency, data, training, how to load, intended use, files)."""
+    d, ladder = int(metrics["size"]), card["ladder"]
+    largest = ladder[-1]
+    dir_name = size_dir_name(d)
+    test = metrics.get("test") or {}
+    top = card["test"].get(str(largest), {})
+    names = card["metric_names"]
+    latency = metrics.get("latency")
+    artifact_bytes = int(sum(files.values()))
+    tier, use = intended_tier(d, ladder)
+    data, train = card["dataset"], card["training"]
+    title = f"{card['name']}-{dir_name}"
+    front = {
+        "tags": ["recommendation", "sequential-recommendation", "matryoshka", "recsys-mrl"],
+        "width": d,
+        "ladder": ladder,
+        "parameters": int(metrics["parameters"]),
+        "catalog_parameters": int(metrics["catalog_parameters"]),
+        "artifact_bytes": artifact_bytes,
+        "latency_ms_median": None if latency is None else round(float(latency["median_ms"]), 4),
+        "tier": tier,
+        "datasets": [data["name"]],
+        "model-index": [
+            {
+                "name": title,
+                "results": [
+                    {
+                        "task": {"type": "sequential-recommendation", "name": "next-item recommendation"},
+                        "dataset": {"name": data["name"], "type": data["config"], "split": "test"},
+                        "metrics": [
+                            {"type": n, "name": f"test {n}", "value": test[n]} for n in names if n in test
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", ""]
+    lines += [
+        f"# {title}: the width-{d} model",
+        "",
+        f"One size of a nested (Matryoshka) sequential recommender: the `[:{d}]` slice of a model "
+        f"trained at every width of the ladder {ladder} in one run, exported by `recsys-export` as a "
+        "standalone artifact (backbone weights, the precomputed catalog matrix, the item ids and a "
+        "`torch.export` program). Input: a user's item history; output: a score for every catalog item.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| width d | {d} (largest size of the run: {largest}) |",
+        f"| parameters | {metrics['parameters']:,} (backbone; "
+        f"+ {metrics['catalog_parameters']:,} in the ({data['items']} + 1) x {d} catalog matrix"
+        + (
+            f", + {metrics['input_embedding_parameters']:,} full-width input embeddings"
+            if "input_embedding_parameters" in metrics
+            else ""
+        )
+        + ") |",
+        f"| artifact size | {artifact_bytes:,} bytes (the files below; README.md and checksums.json excluded) |",
+        f"| backbone | {train['backbone']} {json.dumps(train['backbone_config'])} |",
+        f"| max history length | {data['max_len']} items |",
+        "",
+        f"## Metrics (test split, full ranking, ratio to the largest size d={largest})",
+        "",
+    ]
+    if test:
+        lines += [
+            "| metric | value | ratio to d=" + str(largest) + " |",
+            "|---|---|---|",
+            *(f"| `{n}` | {_fmt(test.get(n))} | {_fmt(_ratio(test.get(n), top.get(n)), 3)} |" for n in names),
+            "",
+            "`ndcg@10`, `recall@10`, `mrr@10`: every catalog item is ranked; `unseen/...`: the items the "
+            "user has already seen are left out of the ranking, as serving does (`exclude_seen`). "
+            "Leave-one-out: the last item of each user's sequence is the test target. "
+            f"Best checkpoint selected on validation {_monitor_text(train['monitor'])}.",
+        ]
+    else:
+        lines.append("Not measured: the run had no metrics.json when it was exported.")
+    lines += ["", "## Latency", ""]
+    if latency is not None:
+        lines.append(
+            f"Median {latency['median_ms']:.3f} ms (min {latency['min_ms']:.3f}, max {latency['max_ms']:.3f}) "
+            f"over {latency['runs']} single-request scorings: one history (1, {data['max_len']}) -> scores of "
+            f"all {data['items']} items -> top-{latency['k']}, {latency['engine']} engine on "
+            f"{latency['device'].upper()}, {latency['threads']} threads, measured by `recsys-export` on the "
+            "exporting machine (torch "
+            + str(latency["torch_version"])
+            + "); HTTP and id mapping not included."
+        )
+    else:
+        lines.append("Not measured.")
+    lines += [
+        "",
+        "## Training data",
+        "",
+        f"`{data['name']}` (`data.name={data['config']}`, `data.path={data['path']}`): "
+        f"{data['users']:,} users, {data['items']:,} items, {data['interactions']:,} interactions "
+        f"(from {data['counts_from']}); chronological leave-one-out split per user.",
+        "",
+        "## Training",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| backbone | {train['backbone']} |",
+        f"| ladder | {train['ladder']} (every size trained at once) |",
+        f"| epochs | at most {train['max_epochs']} (best step {train['best_step'] if train['best_step'] is not None else '-'}) |",
+        f"| optimizer, lr | {train['optimizer']}, {train['lr']} |",
+        f"| batch size | {train['batch_size']} |",
+        f"| loss | {train['loss']} |",
+        f"| seed | {train['seed']} |",
+        f"| item features | {', '.join(train['modalities'])} |",
+        f"| source | `{card['source']['run_dir']}`, checkpoint `{Path(card['source']['checkpoint']).name}` |",
+        "",
+        "## How to use",
+        "",
+        "`EXPORT_DIR` is the folder that holds `index.json` (the parent of this folder).",
+        "",
+        "```python",
+        "from serving import load",
+        "",
+        f'recs = load("EXPORT_DIR", tiers={{"d{d}": {d}}})  # checks every sha256 first',
+        f'recs.recommend(["item-id-1", "item-id-2"], k=10, tier="d{d}")  # [(item id, score)], best first',
+        "```",
+        "",
+        "```bash",
+        f"recsys-serve EXPORT_DIR --expect-digest DIGEST   # tier d{d}; DIGEST: printed by recsys-export",
+        "```",
+        "",
+        f"Without serving: `recsys.export.artifact.load_artifact('EXPORT_DIR/{dir_name}').scores(history)` "
+        "(history (B, max_len) item_idx, left-padded with 0 -> scores (B, N+1)).",
+        "",
+        "## Intended use",
+        "",
+        f"Tier: **{tier}**. {use}",
+        "",
+        "Out of scope: users or items that were not in the training data (unknown item ids are "
+        "ignored; new items need a new export).",
+        "",
+        "## Files",
+        "",
+        "| file | bytes |",
+        "|---|---|",
+        *(f"| {name} | {size:,} |" for name, size in sorted(files.items())),
+        "",
+        f"Every file of this folder, this card included, is listed with its sha256 in `{CHECKSUMS_FILE}`, "
+        "which the export's root checksums (and its digest) cover: loading fails if any of them changes.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def export_run(
@@ -247,8 +572,13 @@ def export_run(
     out: str | Path | None = None,
     checkpoint: str = "best",
     parity_users: int = 256,
+    latency_runs: int = LATENCY_RUNS,
+    cards: bool = True,
 ) -> dict[str, Any]:
-    """Export every size; returns the index written to OUT/index.json."""
+    """Export every size; returns the index written to OUT/index.json.
+
+    ``latency_runs``: single-request scorings timed per size (:func:`measure_latency`; 0: none);
+    ``cards``: write each size's model card (README.md, :func:`model_card`)."""
     run_dir, ckpt = resolve_run(target, checkpoint)
     cfg, dataset, model = load_run(run_dir, ckpt)
     sizes = parse_sizes(
@@ -271,6 +601,7 @@ def export_run(
     inputs = split.inputs[sample]
     with torch.inference_mode():
         full_emb = model.item_embeddings()
+    card = card_context(cfg, dataset, model, run_metrics, source) if cards else None
     entries = {}
     for d in sizes:
         final = out / size_dir_name(d)
@@ -280,7 +611,8 @@ def export_run(
             small = model.slice(d).eval()
             write_size(small, staging, dataset.item_ids, run_metrics, source)
             parity = check_parity(model, small, staging, inputs, full_emb)
-            entries[str(d)] = finalize_size(staging, parity, final)
+            latency = measure_latency(staging, inputs, latency_runs) if latency_runs > 0 else None
+            entries[str(d)] = finalize_size(staging, parity, final, latency, card)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
@@ -302,13 +634,22 @@ def export_run(
 
 
 def format_index(index: dict[str, Any]) -> str:
-    lines = [f"{'size':>6} {'dir':>6} {'test NDCG@10':>13} {'test R@10':>10} {'params':>10} {'bytes':>12}"]
+    """The table ``recsys-export`` prints: one row per size, its model card's path relative to the
+    export (``-`` for an export without cards)."""
+    lines = [
+        f"{'size':>6} {'dir':>6} {'test NDCG@10':>13} {'test R@10':>10} {'params':>10} {'bytes':>12} "
+        f"{'latency ms':>10}  card"
+    ]
     for d in index["sizes"]:
         e = index["entries"][str(d)]
         t = e["metrics"]["test"]
         nd = f"{t['ndcg@10']:.4f}" if t.get("ndcg@10") is not None else "-"
         rc = f"{t['recall@10']:.4f}" if t.get("recall@10") is not None else "-"
-        lines.append(f"{d:>6} {e['dir']:>6} {nd:>13} {rc:>10} {e['parameters']:>10} {e['bytes']:>12}")
+        ms = f"{e['latency_ms']:.3f}" if e.get("latency_ms") is not None else "-"
+        lines.append(
+            f"{d:>6} {e['dir']:>6} {nd:>13} {rc:>10} {e['parameters']:>10} {e['bytes']:>12} {ms:>10}  "
+            f"{e.get('card') or '-'}"
+        )
     return "\n".join(lines)
 
 
@@ -319,15 +660,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None, help="output directory (default: RUN_DIR/export)")
     parser.add_argument("--checkpoint", default="best", help="best | last | PATH (default: best)")
     parser.add_argument("--parity-users", type=int, default=256, help="test users checked for parity")
+    parser.add_argument(
+        "--latency-runs",
+        type=int,
+        default=LATENCY_RUNS,
+        help=f"single-request CPU scorings timed per size for the card (default {LATENCY_RUNS}; 0: none)",
+    )
+    parser.add_argument("--no-cards", action="store_true", help="write no model card (README.md) per size")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        index = export_run(args.run, args.sizes, args.out, args.checkpoint, args.parity_users)
+        index = export_run(
+            args.run,
+            args.sizes,
+            args.out,
+            args.checkpoint,
+            args.parity_users,
+            latency_runs=args.latency_runs,
+            cards=not args.no_cards,
+        )
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"recsys-export: {err}") from None
     out = Path(args.out) if args.out else resolve_run(args.run, args.checkpoint)[0] / "export"
     digest = export_digest(out)
     print(format_index(index))
+    if any(e.get("card") for e in index["entries"].values()):
+        print(f"model cards: {out}/d*/{CARD_FILE} (one per size, covered by the checksums)")
     print(f"written {out / INDEX_FILE}")
     print(f"export digest (sha256): {digest}")
     print(f"keep it outside the export and serve with: recsys-serve {out} --expect-digest {digest}")

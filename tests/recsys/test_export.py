@@ -32,6 +32,7 @@ FILES = {
     "items.json",
     "program.pt2",
     "metrics.json",
+    "README.md",  # the model card (tests/recsys/test_model_card.py)
     "checksums.json",
 }
 
