@@ -49,11 +49,13 @@ lint: env
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/ruff check $(LINT_PATHS)
 
-# Quick speed + eval suites (about 5-10 min on 2 cores) into build/bench/, so that the committed
-# benchmarks/results/ (the README's figures) are only rewritten by an explicit recsys-bench run.
+# Quick versions of every suite into build/bench/, so that the committed benchmarks/results/
+# (the README's figures) are only rewritten by an explicit recsys-bench run.
 bench: env
 	$(BIN)/python -m recsys.bench.cli speed --quick --out build/bench
 	$(BIN)/python -m recsys.bench.cli eval --quick --out build/bench
+	$(BIN)/python -m recsys.bench.cli serving --quick -- --out build/bench
+	$(BIN)/python -m recsys.bench.cli scale --quick -- --out build/bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -9,7 +9,7 @@ Suites:
   the largest size alone.
 - ``serving``, ``scale``: run ``python -m benchmarks.serving`` / ``benchmarks.scale`` from a source
   checkout (arguments after ``--`` are passed on, e.g. ``recsys-bench serving -- --run-dir RUN``);
-  they write their own result files (benchmarks/results/serving.md, scale.md / scale.jsonl).
+  they write their own result files (benchmarks/results/serving.md, scale.{md,json,png}).
 
 ``--compare REF`` checks REF out into a temporary git worktree and runs every measurement of the
 suite in both trees, interleaved (this tree, REF, this tree, REF, ...), each in its own process;

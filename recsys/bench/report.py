@@ -172,6 +172,8 @@ def markdown(suite: str, doc: dict) -> str:
 
 
 def plot(suite: str, doc: dict, path: Path) -> bool:
+    """s/step (or s/pass) per configuration and tree, median with min-max bars: against D on a
+    log2 axis when several widths were measured, else one bar per (tree, configuration)."""
     try:
         import matplotlib
 
@@ -179,23 +181,41 @@ def plot(suite: str, doc: dict, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, by_cfg in doc["summary"].items():
-        for kind in ("ladder", "single"):
-            pts = sorted(
-                (int(n.split("/")[0][1:]), s["seconds"]) for n, s in by_cfg.items() if n.endswith(kind)
-            )
-            if not pts:
-                continue
-            xs = [d for d, _ in pts]
-            ys = [s["median"] for _, s in pts]
-            err = [[s["median"] - s["min"] for _, s in pts], [s["max"] - s["median"] for _, s in pts]]
-            ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{label} {kind}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("width D")
-    ax.set_ylabel("s/step" if suite == "speed" else "s/pass")
+    unit = "s/step" if doc["suite"] == "speed" else "s/pass"
+    dims = {int(n.split("/")[0][1:]) for by_cfg in doc["summary"].values() for n in by_cfg}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if len(dims) > 1:
+        kinds = sorted({n.split("/", 1)[1] for by_cfg in doc["summary"].values() for n in by_cfg})
+        for label, by_cfg in doc["summary"].items():
+            for kind in kinds:
+                pts = sorted(
+                    (int(n.split("/")[0][1:]), s["seconds"])
+                    for n, s in by_cfg.items()
+                    if n.split("/", 1)[1] == kind
+                )
+                if not pts:
+                    continue
+                xs = [d for d, _ in pts]
+                ys = [s["median"] for _, s in pts]
+                err = [[s["median"] - s["min"] for _, s in pts], [s["max"] - s["median"] for _, s in pts]]
+                ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=f"{label}: {kind}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("width D")
+    else:
+        bars = [
+            (f"{label}\n{name}", s["seconds"])
+            for label, by_cfg in doc["summary"].items()
+            for name, s in by_cfg.items()
+        ]
+        xs = range(len(bars))
+        medians = [s["median"] for _, s in bars]
+        err = [[s["median"] - s["min"] for _, s in bars], [s["max"] - s["median"] for _, s in bars]]
+        ax.bar(xs, medians, yerr=err, capsize=3, color="tab:blue")
+        ax.set_xticks(list(xs), [b[0] for b in bars], fontsize=7)
+    ax.set_ylabel(f"{unit} (median, min-max)")
     ax.set_title(TITLES[suite], fontsize=9)
-    ax.legend(fontsize=8)
+    if len(dims) > 1:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -209,7 +229,6 @@ def write(suite: str, doc: dict, out: Path) -> list[Path]:
     paths[1].write_text(markdown(suite, doc))
     png = out / f"{suite}.png"
     png.unlink(missing_ok=True)  # a plot of another run must not sit beside these results
-    dims = {name.split("/")[0] for by_cfg in doc["summary"].values() for name in by_cfg}
-    if len(dims) > 1 and plot(suite, doc, png):  # time against D: needs at least two widths
+    if plot(suite, doc, png):
         paths.append(png)
     return paths

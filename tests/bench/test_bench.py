@@ -198,3 +198,33 @@ def test_published_block_reimplementation_computes_its_recurrence():
     assert model.scores(seq).shape == (3 * 4, 10, 31)
     loss = model.loss(seq, targets)
     assert torch.isfinite(loss) and loss.requires_grad
+
+
+def test_scale_suite_summarises_repeats_by_the_slower_rank_and_writes_its_files(tmp_path):
+    from benchmarks import scale
+
+    args = scale.parse(["--items", "1000", "--repeats", "2", "--out", str(tmp_path)])
+    base = {
+        "loss": "sampled_softmax",
+        "global_batch": 64,
+        "num_negatives": 1024,
+        "peak_rss_mib_after_model": 100,
+    }
+    runs = [
+        {**base, "world_size": 1, "rank": 0, "repeat": 0, "sec_per_step": 1.0, "peak_rss_mib": 300},
+        {**base, "world_size": 1, "rank": 0, "repeat": 1, "sec_per_step": 3.0, "peak_rss_mib": 310},
+        {**base, "world_size": 2, "rank": 0, "repeat": 0, "sec_per_step": 0.4, "peak_rss_mib": 200},
+        {**base, "world_size": 2, "rank": 1, "repeat": 0, "sec_per_step": 0.6, "peak_rss_mib": 250},
+        {**base, "world_size": 2, "rank": 0, "repeat": 1, "sec_per_step": 0.5, "peak_rss_mib": 210},
+        {**base, "world_size": 2, "rank": 1, "repeat": 1, "sec_per_step": 0.5, "peak_rss_mib": 220},
+    ]
+    summary = scale.summarise(runs)
+    one, two = summary
+    assert one["sec_per_step"]["median"] == 2.0 and one["peak_rss_mib_per_rank"] == 310
+    assert two["sec_per_step"]["max"] == 0.6 and two["sec_per_step"]["median"] == pytest.approx(0.55)
+    assert two["sequences_per_s"] == pytest.approx(64 / 0.55)
+    paths = scale.write(args, machine.describe(ROOT, 1, peaks=False), runs, summary)
+    text = (tmp_path / "scale.md").read_text()
+    assert "| 2 | sampled_softmax | 1024 | 0.550 [0.500, 0.600]" in text and "Commit:" in text
+    assert json.loads((tmp_path / "scale.json").read_text())["summary"] == summary
+    assert (tmp_path / "scale.png") in paths
