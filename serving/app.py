@@ -4,6 +4,11 @@
         -> {"items", "scores", "tier", "size", "unknown_items", "truncated"}
     POST /funnel     {"history", "k", "small": "d32", "large": "d256", "shortlist": 200, "exclude_seen"}
     GET  /health     GET /info
+    GET  /items?q=star&limit=20  -> {"items": [{"id"}], "total", "q", "limit", "catalog_size"}: catalog
+         search (case-insensitive substring of the original item id; q at most 200 characters,
+         1 <= limit <= 100, else 422)
+    GET  /           the try-it page (serving/static/index.html), GET /static/{app.js,style.css}: only
+         the files named in ``STATIC_FILES``, with a Content-Security-Policy allowing 'self' only
 
 Every bad request gets a JSON error ``{"error": message, ...}`` with a 4xx status, never a 500:
 malformed JSON 400, schema violations / empty history / history over ``max_history`` ids / no known
@@ -17,10 +22,12 @@ k in [1, catalog size], shortlist >= 1).
 # time, and the request models are built per app (their bounds depend on it), inside create_app.
 import asyncio
 import logging
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, create_model
@@ -35,6 +42,62 @@ MAX_BODY_BYTES = 1 << 20
 BODY_TIMEOUT_S = 10.0
 
 ItemId = StrictStr | StrictInt
+
+MAX_QUERY_CHARS = 200  # GET /items: longest search string
+MAX_SEARCH_LIMIT = 100  # GET /items: most items per answer
+DEFAULT_SEARCH_LIMIT = 20
+
+# The try-it page: the only files served under /static/ (a fixed list, read once at start-up from the
+# package data: no path from the request ever reaches the file system).
+STATIC_FILES = {
+    "index.html": "text/html; charset=utf-8",
+    "app.js": "text/javascript; charset=utf-8",
+    "style.css": "text/css; charset=utf-8",
+}
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "content-security-policy": PAGE_CSP,
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "x-frame-options": "DENY",
+    "cache-control": "no-cache",
+}
+
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+
+def load_static_files() -> dict[str, bytes]:
+    """The try-it page's files (``STATIC_FILES``) from the package data, serving/static/. Found next to
+    this file rather than with ``importlib.resources.files("serving")``: that looks the package up by
+    name, and a folder named ``serving`` without ``__init__.py`` earlier on sys.path (tests/serving,
+    under pytest's ``pythonpath = ["tests"]`` when run as ``pytest``) is then taken for it."""
+    return {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
+
+
+class CatalogSearch:
+    """Case-insensitive substring search over the catalog's original item ids (the export holds no
+    titles): the exact id first, then ids starting with the query, then ids containing it, each group
+    in catalog order. An empty query lists the catalog from its start."""
+
+    def __init__(self, item_ids: Sequence[str]):
+        self.item_ids = list(item_ids)
+        self.folded = [item.casefold() for item in self.item_ids]
+
+    def search(self, q: str, limit: int) -> tuple[list[str], int]:
+        """(the first ``limit`` matches, how many items match)."""
+        needle = q.strip().casefold()
+        if not needle:
+            return self.item_ids[:limit], len(self.item_ids)
+        exact, prefix, inner = [], [], []
+        for item, folded in zip(self.item_ids, self.folded):
+            if needle in folded:
+                (exact if folded == needle else prefix if folded.startswith(needle) else inner).append(item)
+        found = exact + prefix + inner
+        return found[:limit], len(found)
 
 
 def request_models(max_history: int, catalog_size: int) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -135,6 +198,10 @@ _HINTS = {
     ("k", "greater_than_equal"): lambda ctx: "k must be an integer in [1, {catalog}] (the catalog size)",
     ("k", "less_than_equal"): lambda ctx: "k must be an integer in [1, {catalog}] (the catalog size)",
     ("shortlist", "greater_than_equal"): lambda ctx: "shortlist must be a positive integer",
+    ("q", "string_too_long"): lambda ctx: f"q has more than {ctx.get('max_length')} characters",
+    ("limit", "greater_than_equal"): lambda ctx: f"limit must be an integer in [1, {MAX_SEARCH_LIMIT}]",
+    ("limit", "less_than_equal"): lambda ctx: f"limit must be an integer in [1, {MAX_SEARCH_LIMIT}]",
+    ("limit", "int_parsing"): lambda ctx: f"limit must be an integer in [1, {MAX_SEARCH_LIMIT}]",
 }
 
 
@@ -142,7 +209,7 @@ def _validation_message(errors, catalog_size: int) -> str:
     """ "invalid request", plus a plain-words hint for the bounds the schema states."""
     hints = []
     for e in errors:
-        loc = [x for x in e.get("loc", ()) if x != "body"]
+        loc = [x for x in e.get("loc", ()) if x not in ("body", "query")]
         hint = _HINTS.get((str(loc[0]) if len(loc) == 1 else "", str(e.get("type", ""))))
         if hint is not None:
             text = hint(e.get("ctx") or {}).format(catalog=catalog_size)
@@ -199,6 +266,8 @@ def create_app(
     any_rec = next(iter(tier_set.by_size.values()))
     history_cap = max(rec.max_history for rec in tier_set.by_size.values())
     RecommendRequest, FunnelRequest = request_models(history_cap, any_rec.num_items)  # noqa: N806
+    catalog = CatalogSearch(any_rec.item_ids)  # every size of one export shares the catalog
+    static_files = load_static_files()
     app = FastAPI(title="recsys serving", version="1")
     app.state.tiers = tier_set
 
@@ -242,11 +311,43 @@ def create_app(
             "digest": tier_set.digest,
         }
 
+    @app.get("/items")
+    def items(
+        q: Annotated[
+            str, Query(max_length=MAX_QUERY_CHARS, description="part of an original item id (any case)")
+        ] = "",
+        limit: Annotated[
+            int, Query(ge=1, le=MAX_SEARCH_LIMIT, description="most items returned")
+        ] = DEFAULT_SEARCH_LIMIT,
+    ):
+        found, total = catalog.search(q, limit)
+        return {
+            "items": [{"id": item} for item in found],
+            "total": total,
+            "q": q,
+            "limit": limit,
+            "catalog_size": len(catalog.item_ids),
+        }
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return Response(
+            static_files["index.html"], media_type=STATIC_FILES["index.html"], headers=PAGE_HEADERS
+        )
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        if name not in static_files:  # a fixed list: nothing else is ever read
+            return _error(404, "not found")
+        return Response(static_files[name], media_type=STATIC_FILES[name], headers=PAGE_HEADERS)
+
     @app.post("/recommend")
-    def recommend(req: RecommendRequest):
+    def recommend(req: RecommendRequest, response: Response):
         name = req.tier or tier_set.default
         rec = tier_set.get(name)
+        start = time.perf_counter()
         result = rec.query(req.history, req.k, req.exclude_seen)
+        response.headers["server-timing"] = f"recommend;dur={(time.perf_counter() - start) * 1000:.3f}"
         return {
             "items": result.items,
             "scores": result.scores,
