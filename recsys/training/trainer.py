@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from recsys.evaluation.evaluate import evaluate_split
 from recsys.evaluation.metrics import protocol_of
 from recsys.evaluation.reporting import SizeMetrics, jsonable_metrics, save_metrics_plot
 from recsys.model import MatryoshkaRecModel
+from recsys.nn.nested import sliced_state_dict
 from recsys.runtime import keep_freed_memory
 from recsys.training.checkpoint import (
     load_checkpoint,
@@ -146,6 +148,29 @@ class Trainer:
         self.nonfinite_steps = 0  # steps skipped for a NaN/inf loss or gradient norm
         self.tb = (
             TensorBoardLogger(self.run_dir / "tb", self.sizes, self.ks) if self.env.is_main else NullLogger()
+        )
+        if self.env.is_main:
+            log.info("%s", self.summary())
+
+    def summary(self) -> str:
+        """One line: data counts, ladder, parameters per size, device, threads, precision, steps."""
+        counts = {
+            "users": len(self.dataset.sequences),
+            "items": self.dataset.num_items,
+            "interactions": int(sum(len(s) for s in self.dataset.sequences)),
+            "train windows": self.dataset.num_train_batches(1),
+        }
+        per_size = {d: sum(t.numel() for t in sliced_state_dict(self.model, d).values()) for d in self.sizes}
+        params = ", ".join(f"d{d} {n / 1e6:.2f}M" if n >= 1e5 else f"d{d} {n:,}" for d, n in per_size.items())
+        threads = torch.get_num_threads() if self.device.type == "cpu" else "-"
+        precision = "bf16 autocast" if self.autocast_dtype is not None else "fp32"
+        ranks = f", {self.env.world_size} ranks" if self.env.enabled else ""
+        return (
+            f"{self.cfg.name}: "
+            + ", ".join(f"{n:,} {k}" for k, n in counts.items())
+            + f"; {type(self.model.backbone).__name__}, ladder {list(self.sizes)}; parameters {params}; "
+            f"device {self.device}{ranks}, {threads} threads, {precision}; "
+            f"{self.total_steps:,} steps ({self.cfg.trainer.max_epochs} epochs x {self.batches_per_epoch})"
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -293,13 +318,19 @@ class Trainer:
         """Train until max_epochs, early stopping or ``stop_after_steps``. Returns the reason it stopped."""
         tcfg = self.cfg.trainer
         self.model.train()
+        # A terminal gets a progress bar; a log file, CI or nohup gets a plain line every ~5% of the run
+        # instead of thousands of carriage-return redraws.
+        interactive = sys.stderr.isatty()
+        show = bool(tcfg.progress and self.env.is_main)
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
-            disable=not (tcfg.progress and self.env.is_main),
+            disable=not (show and interactive),
             desc="train",
             unit="step",
         )
+        plain_every = max(1, self.total_steps // 20) if show and not interactive else 0
+        start, start_step = time.perf_counter(), self.step
         t0, seen = time.perf_counter(), 0
         try:
             while self.epoch < tcfg.max_epochs:
@@ -312,6 +343,18 @@ class Trainer:
                     self.batch_in_epoch += 1
                     seen += inputs.shape[0]
                     bar.update(1)
+                    if plain_every and (self.step % plain_every == 0 or self.step == self.total_steps):
+                        rate = (self.step - start_step) / max(1e-9, time.perf_counter() - start)
+                        left = (self.total_steps - self.step) / max(rate, 1e-9)
+                        log.info(
+                            "step %d/%d (epoch %d) loss %.4f, %.2f steps/s, ~%.0f s left",
+                            self.step,
+                            self.total_steps,
+                            self.epoch,
+                            loss,
+                            rate,
+                            left,
+                        )
                     if self.step % tcfg.log_every_n_steps == 0:
                         throughput = seen / max(1e-9, time.perf_counter() - t0)
                         self.tb.log_train(

@@ -235,3 +235,22 @@ def test_sampled_softmax_training_lowers_the_full_softmax_loss(processed_dataset
     trainer.fit()
     assert full_loss() < 0.8 * before
     trainer.tb.close()
+
+
+def test_a_run_logs_a_summary_line_and_plain_progress_lines_when_not_on_a_terminal(
+    processed_dataset, tmp_path, caplog, capsys
+):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="recsys.training.trainer")
+    trainer = Trainer(
+        tiny_cfg(processed_dataset, "trainer.progress=true", "trainer.max_epochs=1"), tmp_path / "r"
+    )
+    trainer.fit()
+    lines = [r.getMessage() for r in caplog.records]
+    summary = lines[0]
+    for part in ("120 users", "60 items", "ladder [4, 8, 16]", "d16 5,312", "device cpu", "fp32"):
+        assert part in summary, (part, summary)
+    progress = [line for line in lines if line.startswith("step ") and "/" in line.split()[1]]
+    assert progress and progress[-1].startswith(f"step {trainer.total_steps}/{trainer.total_steps}")
+    assert "\r" not in capsys.readouterr().err  # no progress-bar redraws into a log
