@@ -1,14 +1,18 @@
 """HTTP serving (FastAPI): ``create_app(export_dir, tiers=None)``.
 
     POST /recommend  {"history": [ids...], "k": 10, "tier": "d64", "exclude_seen": true}
-        -> {"items", "scores", "tier", "size", "unknown_items", "truncated"}
+        -> {"items", "titles", "scores", "tier", "size", "unknown_items", "truncated"}
     POST /funnel     {"history", "k", "small": "d32", "large": "d256", "shortlist": 200, "exclude_seen"}
+        -> the same, plus "shortlist"
     GET  /health     GET /info
-    GET  /items?q=star&limit=20  -> {"items": [{"id"}], "total", "q", "limit", "catalog_size"}: catalog
-         search (case-insensitive substring of the original item id; q at most 200 characters,
-         1 <= limit <= 100, else 422)
+    GET  /items?q=star&limit=20  -> {"items": [{"id", "title"}], "total", "q", "limit", "catalog_size"}:
+         catalog search (case-insensitive substring of the original item id or of its title; q at
+         most 200 characters, 1 <= limit <= 100, else 422)
     GET  /           the try-it page (serving/static/index.html), GET /static/{app.js,style.css}: only
          the files named in ``STATIC_FILES``, with a Content-Security-Policy allowing 'self' only
+
+``titles`` (parallel to ``items``) and ``title`` come from the export's items.json; null where the
+export has no title for the item (older exports, datasets without text).
 
 Every bad request gets a JSON error ``{"error": message, ...}`` with a 4xx status, never a 500:
 malformed JSON 400, schema violations / empty history / history over ``max_history`` ids / no known
@@ -79,24 +83,40 @@ def load_static_files() -> dict[str, bytes]:
 
 
 class CatalogSearch:
-    """Case-insensitive substring search over the catalog's original item ids (the export holds no
-    titles): the exact id first, then ids starting with the query, then ids containing it, each group
-    in catalog order. An empty query lists the catalog from its start."""
+    """Case-insensitive substring search over the catalog's original item ids and their titles (when
+    the export has them): the exact id first, then exact titles, then ids or titles starting with the
+    query, then ids or titles containing it, each group in catalog order. An empty query lists the
+    catalog from its start."""
 
-    def __init__(self, item_ids: Sequence[str]):
+    def __init__(self, item_ids: Sequence[str], titles: Sequence[str] | None = None):
         self.item_ids = list(item_ids)
+        if titles is not None and len(titles) != len(self.item_ids):
+            raise ValueError(f"{len(titles)} titles for {len(self.item_ids)} item ids")
+        self.titles = None if titles is None else list(titles)
+        self.by_id = {} if self.titles is None else dict(zip(self.item_ids, self.titles))
         self.folded = [item.casefold() for item in self.item_ids]
+        self.folded_titles = [t.casefold() for t in self.titles or [""] * len(self.item_ids)]
+
+    def title(self, item: str) -> str | None:
+        """The title of ``item``; None when unknown (no titles, an empty one, or not in the catalog)."""
+        return self.by_id.get(item) or None
 
     def search(self, q: str, limit: int) -> tuple[list[str], int]:
-        """(the first ``limit`` matches, how many items match)."""
+        """(the first ``limit`` matching ids, how many items match)."""
         needle = q.strip().casefold()
         if not needle:
             return self.item_ids[:limit], len(self.item_ids)
-        exact, prefix, inner = [], [], []
-        for item, folded in zip(self.item_ids, self.folded):
-            if needle in folded:
-                (exact if folded == needle else prefix if folded.startswith(needle) else inner).append(item)
-        found = exact + prefix + inner
+        groups: tuple[list[str], ...] = ([], [], [], [])  # exact id, exact title, prefix, substring
+        for item, folded, title in zip(self.item_ids, self.folded, self.folded_titles):
+            if folded == needle:
+                groups[0].append(item)
+            elif title == needle:
+                groups[1].append(item)
+            elif folded.startswith(needle) or title.startswith(needle):
+                groups[2].append(item)
+            elif needle in folded or needle in title:
+                groups[3].append(item)
+        found = [item for group in groups for item in group]
         return found[:limit], len(found)
 
 
@@ -266,7 +286,19 @@ def create_app(
     any_rec = next(iter(tier_set.by_size.values()))
     history_cap = max(rec.max_history for rec in tier_set.by_size.values())
     RecommendRequest, FunnelRequest = request_models(history_cap, any_rec.num_items)  # noqa: N806
-    catalog = CatalogSearch(any_rec.item_ids)  # every size of one export shares the catalog
+    # every size of one export shares the catalog; each size's answers take the titles of its own items.json
+    catalog = CatalogSearch(any_rec.item_ids, getattr(any_rec.artifact, "titles", None))
+    title_maps: dict[int, dict[str, str]] = {}
+    for size, rec in tier_set.by_size.items():
+        titles = getattr(rec.artifact, "titles", None)
+        same = rec.item_ids == catalog.item_ids and titles == catalog.titles
+        title_maps[size] = catalog.by_id if same else dict(zip(rec.item_ids, titles or ()))
+
+    def titles_of(size: int, items: Sequence[str]) -> list[str | None]:
+        """The title of each item (null where unknown), as the tier of ``size`` has them."""
+        by_id = title_maps[size]
+        return [by_id.get(item) or None for item in items]
+
     static_files = load_static_files()
     app = FastAPI(title="recsys serving", version="1")
     app.state.tiers = tier_set
@@ -314,7 +346,8 @@ def create_app(
     @app.get("/items")
     def items(
         q: Annotated[
-            str, Query(max_length=MAX_QUERY_CHARS, description="part of an original item id (any case)")
+            str,
+            Query(max_length=MAX_QUERY_CHARS, description="part of an original item id or title (any case)"),
         ] = "",
         limit: Annotated[
             int, Query(ge=1, le=MAX_SEARCH_LIMIT, description="most items returned")
@@ -322,7 +355,7 @@ def create_app(
     ):
         found, total = catalog.search(q, limit)
         return {
-            "items": [{"id": item} for item in found],
+            "items": [{"id": item, "title": catalog.title(item)} for item in found],
             "total": total,
             "q": q,
             "limit": limit,
@@ -350,6 +383,7 @@ def create_app(
         response.headers["server-timing"] = f"recommend;dur={(time.perf_counter() - start) * 1000:.3f}"
         return {
             "items": result.items,
+            "titles": titles_of(rec.size, result.items),
             "scores": result.scores,
             "tier": name,
             "size": rec.size,
@@ -365,6 +399,7 @@ def create_app(
         result = FunnelRecommender(small, large, req.shortlist).query(req.history, req.k, req.exclude_seen)
         return {
             "items": result.items,
+            "titles": titles_of(large.size, result.items),
             "scores": result.scores,
             "tier": f"{small_name}->{large_name}",
             "size": large.size,

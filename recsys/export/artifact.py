@@ -7,7 +7,9 @@ Layout of ``EXPORT_DIR/d{d:04d}/`` (written by ``recsys-export``, see docs/servi
     model.safetensors            the width-d backbone weights (the [:d] slice of the trained model)
     item_embeddings.safetensors  "item_embeddings": (N+1, d) precomputed catalog matrix, row 0 = padding
                                  (+ "input_embeddings": (N+1, D) backbone inputs, when wider than d)
-    items.json                   {"item_ids": [...]}: original item id of item_idx i+1 at index i
+    items.json                   {"item_ids": [...], "titles": [...]}: original item id (and title) of
+                                 item_idx i+1 at index i; "titles" optional (absent in older exports or
+                                 when the dataset has no text), same length, each at most 1000 chars
     program.pt2                  torch.export program: history (B, max_len) int64 -> scores (B, N+1)
     metrics.json                 validation/test metrics at size d, parameter count, file sizes
     checksums.json               sha256 of every other file
@@ -66,6 +68,7 @@ METRICS_FILE = "metrics.json"
 CHECKSUMS_FILE = "checksums.json"  # in every size folder, and at the export root
 INDEX_FILE = "index.json"
 CONFIG_FIELDS = ("size", "num_items", "max_len", "model_config")
+MAX_TITLE_CHARS = 1000  # items.json: longest title accepted (the exporter writes at most 200)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -334,6 +337,7 @@ class Artifact:
     item_ids: list[str]  # index i -> original id of item_idx i+1
     metrics: dict[str, Any]
     input_embeddings: torch.Tensor | None = None  # (N+1, D) backbone inputs; None: the catalog matrix
+    titles: list[str] | None = None  # index i -> title of item_idx i+1 ("" unknown); None: no titles
     trust_program: bool = False  # allow program(), which unpickles program.pt2
     _module: InferenceModule | None = field(default=None, repr=False)
     _program: torch.nn.Module | None = field(default=None, repr=False)
@@ -399,14 +403,27 @@ class Artifact:
         return (self.module() if engine == "python" else self.program())(history)
 
 
-def _read_item_ids(path: Path) -> list[str]:
+def _read_items(path: Path) -> tuple[list[str], list[str] | None]:
+    """items.json -> (item ids, titles or None when the file has no ``titles``); ArtifactError naming
+    the file when ``item_ids`` is not a list of string or integer ids, or ``titles`` not a list of
+    strings (each at most ``MAX_TITLE_CHARS``) as long as ``item_ids``."""
     data = _read_json(path)
     ids = data.get("item_ids") if isinstance(data, dict) else None
     if not isinstance(ids, list) or not all(
         isinstance(x, (str, int)) and not isinstance(x, bool) for x in ids
     ):
         raise ArtifactError(f'{path}: expected {{"item_ids": [id, ...]}} with string or integer ids')
-    return [str(x) for x in ids]
+    if "titles" not in data:
+        return [str(x) for x in ids], None
+    titles = data["titles"]
+    if not isinstance(titles, list) or not all(isinstance(t, str) for t in titles):
+        raise ArtifactError(f"{path}: 'titles' must be a list of strings, one per item id")
+    if len(titles) != len(ids):
+        raise ArtifactError(f"{path}: {len(titles)} titles for {len(ids)} item ids; expected one per item id")
+    longest = max((len(t) for t in titles), default=0)
+    if longest > MAX_TITLE_CHARS:
+        raise ArtifactError(f"{path}: a title has {longest} characters, more than {MAX_TITLE_CHARS}")
+    return [str(x) for x in ids], titles
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -436,7 +453,7 @@ def load_artifact(directory: str | Path, verify: bool = True, trust_program: boo
     if ITEM_EMB_KEY not in emb:
         raise ArtifactError(f"{directory / ITEM_EMB_FILE}: no '{ITEM_EMB_KEY}' tensor")
     item_embeddings = emb[ITEM_EMB_KEY].float()
-    item_ids = _read_item_ids(directory / ITEMS_FILE)
+    item_ids, titles = _read_items(directory / ITEMS_FILE)
     size, num_items = config["size"], config["num_items"]
     if item_embeddings.shape != (num_items + 1, size) or len(item_ids) != num_items:
         raise ArtifactError(
@@ -468,6 +485,7 @@ def load_artifact(directory: str | Path, verify: bool = True, trust_program: boo
         item_ids,
         metrics,
         inputs,
+        titles=titles,
         trust_program=trust_program,
     )
 

@@ -7,7 +7,10 @@
 For every size d (default: the whole ladder) it writes ``OUT/d{d:04d}/`` (default OUT =
 RUN_DIR/export; layout in recsys/export/artifact.py and docs/serving.md) and a top-level
 ``index.json`` listing every size with its test metrics, parameter count, bytes on disk, latency and
-model card (printed as a table, one row per size with its card's path).
+model card (printed as a table, one row per size with its card's path). Each size's ``items.json``
+holds the original item ids and, when the dataset's items.parquet has a non-empty ``text`` column,
+their titles (the first line of each text, stripped, at most 200 characters; "" where missing), both
+in item_idx order (what the try-it page of ``recsys-serve`` searches and shows).
 
 The width-d inference model (``recsys.export.artifact.InferenceModule``) is ``model.slice(d)``'s
 backbone plus the precomputed (N+1, d) catalog matrix: history ids -> matrix rows -> backbone ->
@@ -58,11 +61,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from safetensors.torch import save_file
 
+from data_prep import layout
 from recsys.builders import load_run, resolve_run
 from recsys.export.artifact import (
     CHECKSUMS_FILE,
@@ -94,6 +99,7 @@ CARD_FILE = "README.md"  # the model card of a size folder (covered by its check
 LATENCY_RUNS = 20  # timed single-request scorings per size (after LATENCY_WARMUP untimed ones)
 LATENCY_WARMUP = 3
 LATENCY_K = 10
+TITLE_CHARS = 200  # items.json titles: the first line of the item's text, cut to this many characters
 
 
 class ParityError(AssertionError):
@@ -185,14 +191,44 @@ def export_program(module: InferenceModule, max_len: int, path: Path) -> None:
     torch.export.save(program, str(path))
 
 
+def item_title(text: Any) -> str:
+    """An item's title from its text: the first line, stripped, cut to ``TITLE_CHARS`` ("" for none)."""
+    if not isinstance(text, str):
+        return ""
+    lines = text.splitlines()
+    return lines[0].strip()[:TITLE_CHARS] if lines else ""
+
+
+def item_titles(dataset: Any) -> list[str] | None:
+    """The title of every item, in item_idx order (that of ``dataset.item_ids``), from the ``text``
+    column of the dataset's items.parquet (data_prep/layout.py); None when the dataset has no such
+    file or column, when every text is empty, or when its rows do not match the dataset's items."""
+    directory = getattr(dataset, "directory", None)
+    path = Path(directory) / layout.ITEMS if directory is not None else None
+    if path is None or not path.is_file():
+        return None
+    columns = pl.read_parquet_schema(path)
+    if "text" not in columns or "item_idx" not in columns:
+        return None
+    items = pl.read_parquet(path, columns=["item_idx", "text"]).sort("item_idx")
+    expected = list(range(1, len(dataset.item_ids) + 1))
+    if items["item_idx"].to_list() != expected:
+        log.warning("%s: item_idx is not 1..%d; the export gets no titles", path, len(expected))
+        return None
+    titles = [item_title(t) for t in items["text"].to_list()]
+    return titles if any(titles) else None
+
+
 def write_size(
     small: MatryoshkaRecModel,
     staging: Path,
     item_ids: list[str],
     run_metrics: dict[str, Any],
     source: dict[str, Any],
+    titles: list[str] | None = None,
 ) -> None:
-    """Stage the artifact of ``small = model.slice(d)`` (eval mode) in ``staging``."""
+    """Stage the artifact of ``small = model.slice(d)`` (eval mode) in ``staging``; ``titles``: one
+    per item, parallel to ``item_ids`` (items.json's optional ``titles``), or None."""
     d = small.config.width
     with torch.inference_mode():
         full = (
@@ -205,7 +241,12 @@ def write_size(
     save_safetensors(backbone_state, staging / WEIGHTS_FILE, metadata={"format": FORMAT, "size": str(d)})
     tables = {ITEM_EMB_KEY: emb} if inputs is None else {ITEM_EMB_KEY: emb, INPUT_EMB_KEY: inputs}
     save_safetensors(tables, staging / ITEM_EMB_FILE, metadata={"format": FORMAT, "size": str(d)})
-    (staging / ITEMS_FILE).write_text(json.dumps({"item_ids": item_ids}))
+    items: dict[str, Any] = {"item_ids": item_ids}
+    if titles is not None:
+        if len(titles) != len(item_ids):
+            raise ValueError(f"{len(titles)} titles for {len(item_ids)} items")
+        items["titles"] = titles
+    (staging / ITEMS_FILE).write_text(json.dumps(items))
     config = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -602,6 +643,7 @@ def export_run(
     with torch.inference_mode():
         full_emb = model.item_embeddings()
     card = card_context(cfg, dataset, model, run_metrics, source) if cards else None
+    titles = item_titles(dataset)
     entries = {}
     for d in sizes:
         final = out / size_dir_name(d)
@@ -609,7 +651,7 @@ def export_run(
         staging.rmdir()
         try:
             small = model.slice(d).eval()
-            write_size(small, staging, dataset.item_ids, run_metrics, source)
+            write_size(small, staging, dataset.item_ids, run_metrics, source, titles)
             parity = check_parity(model, small, staging, inputs, full_emb)
             latency = measure_latency(staging, inputs, latency_runs) if latency_runs > 0 else None
             entries[str(d)] = finalize_size(staging, parity, final, latency, card)

@@ -152,6 +152,20 @@ class Trainer:
         if self.env.is_main:
             log.info("%s", self.summary())
 
+    def _parameters_per_size(self) -> dict[int, int]:
+        """{d: parameters of the width-d model}: from the sliced state where every layer declares its
+        nesting, else by building the slice (SASRec's position table is cut by the slice itself)."""
+        out = {}
+        for d in self.sizes:
+            try:
+                out[d] = sum(t.numel() for t in sliced_state_dict(self.model, d).values())
+            except TypeError:
+                try:
+                    out[d] = sum(p.numel() for p in self.model.slice(d).parameters())
+                except Exception:  # e.g. tables already sharded across ranks: the summary goes without
+                    return {}
+        return out
+
     def summary(self) -> str:
         """One line: data counts, ladder, parameters per size, device, threads, precision, steps."""
         counts = {
@@ -160,8 +174,10 @@ class Trainer:
             "interactions": int(sum(len(s) for s in self.dataset.sequences)),
             "train windows": self.dataset.num_train_batches(1),
         }
-        per_size = {d: sum(t.numel() for t in sliced_state_dict(self.model, d).values()) for d in self.sizes}
-        params = ", ".join(f"d{d} {n / 1e6:.2f}M" if n >= 1e5 else f"d{d} {n:,}" for d, n in per_size.items())
+        params = ", ".join(
+            f"d{d} {n / 1e6:.2f}M" if n >= 1e5 else f"d{d} {n:,}"
+            for d, n in self._parameters_per_size().items()
+        )
         threads = torch.get_num_threads() if self.device.type == "cpu" else "-"
         precision = "bf16 autocast" if self.autocast_dtype is not None else "fp32"
         ranks = f", {self.env.world_size} ranks" if self.env.enabled else ""

@@ -1,9 +1,14 @@
 // The try-it page (served by recsys-serve at /): pick catalog items into a history, pick tiers, and
 // compare each tier's top-k side by side with the latency of each call.
 //
-// Catalog text (item ids, error messages) is untrusted: it only ever reaches the page through
+// Catalog text (item ids, titles, error messages) is untrusted: it only ever reaches the page through
 // textContent / attribute values, never innerHTML. No inline script or style (the page's
 // Content-Security-Policy allows 'self' only).
+//
+// Items are shown as "title (id)" (just the id when the export has no title for it): the search
+// matches ids and titles (GET /items), and the answers of POST /recommend carry "titles" next to
+// "items". Titles learnt from either are kept in state.titles; the ids of a history given in the
+// address are looked up once (GET /items?q=ID) to show theirs.
 //
 // Query string (read on load, rewritten after each comparison):
 //   ?history=ID1,ID2&tiers=d4,d8&k=5&exclude_seen=0&q=TEXT
@@ -14,6 +19,7 @@
 (function () {
   const SEARCH_LIMIT = 20;
   const SEARCH_DELAY_MS = 150;
+  const TITLE_LOOKUPS = 100; // most history ids from the address whose titles are looked up on load
 
   const state = {
     tiers: [], // [{name, size}] sorted by size
@@ -21,6 +27,7 @@
     catalogSize: null,
     maxHistory: null,
     history: [], // item ids, oldest first
+    titles: new Map(), // item id -> title, as far as the server told them
     searchSeq: 0,
     runSeq: 0,
     searchTimer: null,
@@ -33,6 +40,28 @@
     const node = document.createElement(tag);
     if (className) node.className = className;
     if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function rememberTitle(id, title) {
+    if (typeof title === "string" && title) state.titles.set(String(id), title);
+  }
+
+  // The text an item is shown as: "title (id)", or the id alone when its title is unknown.
+  function itemText(id) {
+    const title = state.titles.get(id);
+    return title ? title + " (" + id + ")" : id;
+  }
+
+  // node (data-item = the id) filled with the item's title and id, as text only.
+  function fillItem(node, id) {
+    node.dataset.item = id;
+    const title = state.titles.get(id);
+    if (title) {
+      node.append(el("span", "item-title", title), document.createTextNode(" "), el("span", "item-id muted", "(" + id + ")"));
+    } else {
+      node.appendChild(el("span", "item-id", id));
+    }
     return node;
   }
 
@@ -164,10 +193,10 @@
     state.history.forEach((item, index) => {
       const row = el("li", "history-item");
       row.dataset.item = item;
-      row.appendChild(el("span", "item", item));
+      row.appendChild(fillItem(el("span", "item"), item));
       const remove = el("button", "remove", "remove");
       remove.type = "button";
-      remove.setAttribute("aria-label", "remove " + item + " from the history");
+      remove.setAttribute("aria-label", "remove " + itemText(item) + " from the history");
       remove.addEventListener("click", () => {
         state.history.splice(index, 1);
         renderHistory();
@@ -193,13 +222,14 @@
       return;
     }
     const items = Array.isArray(result.body.items) ? result.body.items : [];
+    for (const entry of items) rememberTitle(entry.id, entry.title);
     state.lastResults = items.map((entry) => String(entry.id));
     for (const item of state.lastResults) {
       const row = el("li", "search-item");
       row.dataset.item = item;
-      const add = el("button", "add", item);
+      const add = fillItem(el("button", "add"), item);
       add.type = "button";
-      add.title = "add " + item + " to the history";
+      add.title = "add " + itemText(item) + " to the history";
       add.addEventListener("click", () => addToHistory(item));
       row.appendChild(add);
       list.appendChild(row);
@@ -207,9 +237,21 @@
     const total = Number(result.body.total) || 0;
     $("search-status").textContent =
       total === 0
-        ? "No item id contains that text."
+        ? "No item id or title contains that text."
         : total + (total === 1 ? " match" : " matches") + (total > items.length ? ", showing the first " + items.length : "") +
           ". Click one to add it; Enter adds the first.";
+  }
+
+  // Titles of history ids not seen in any answer yet (a history from the address): the exact id comes
+  // first in GET /items, so one call per id, at most TITLE_LOOKUPS of them.
+  async function lookUpTitles(ids) {
+    const unknown = Array.from(new Set(ids)).filter((id) => !state.titles.has(id)).slice(0, TITLE_LOOKUPS);
+    for (const id of unknown) {
+      const result = await call("/items?q=" + encodeURIComponent(id) + "&limit=1");
+      const first = result.ok && Array.isArray(result.body.items) ? result.body.items[0] : null;
+      if (first && String(first.id) === id) rememberTitle(id, first.title);
+    }
+    return unknown.length > 0;
   }
 
   function scheduleSearch() {
@@ -241,8 +283,10 @@
       return;
     }
     const body = result.body;
-    const items = Array.isArray(body.items) ? body.items : [];
+    const items = Array.isArray(body.items) ? body.items.map(String) : [];
     const scores = Array.isArray(body.scores) ? body.scores : [];
+    const titles = Array.isArray(body.titles) ? body.titles : [];
+    items.forEach((item, index) => rememberTitle(item, titles[index]));
     column.dataset.status = "ok";
     column.dataset.count = String(items.length);
     const table = el("table");
@@ -256,7 +300,7 @@
       const score = Number(scores[index]);
       const scoreCell = el("td", "score", Number.isFinite(score) ? score.toFixed(4) : String(scores[index]));
       scoreCell.dataset.score = String(scores[index]);
-      row.append(el("td", "rank", index + 1), el("td", "item", item), scoreCell);
+      row.append(el("td", "rank", index + 1), fillItem(el("td", "item"), item), scoreCell);
       tbody.appendChild(row);
     });
     table.appendChild(tbody);
@@ -335,6 +379,7 @@
     if (query.excludeSeen === "0" || query.excludeSeen === "false") $("exclude-seen").checked = false;
     state.history = query.history.slice(0, state.maxHistory || undefined);
     renderHistory();
+    if (await lookUpTitles(state.history)) renderHistory();
 
     $("search").value = query.q || "";
     $("search").addEventListener("input", scheduleSearch);

@@ -1,5 +1,5 @@
 """recsys-export: layout, index, parity (python loader and torch.export program), parameter
-count, standalone program loading, checksum tampering, CLI."""
+count, standalone program loading, checksum tampering, CLI, item titles in items.json."""
 
 from __future__ import annotations
 
@@ -11,15 +11,17 @@ import stat
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
-from support import trained_export
+from support import trained_export, write_processed_dataset
 
 from recsys.builders import build_dataset, build_model
-from recsys.export.artifact import ArtifactError, load_artifact
-from recsys.export.exporter import ParityError, _topk_matches, export_run, main
+from recsys.data import SequenceDataset
+from recsys.export.artifact import ArtifactError, load_artifact, write_checksums
+from recsys.export.exporter import ParityError, _topk_matches, export_run, item_title, item_titles, main
 from recsys.nn import build_backbone
 from recsys.training.checkpoint import load_checkpoint
 from serving.recommender import Recommender
@@ -97,8 +99,9 @@ def test_layout_and_index(exported):
         config = json.loads((directory / "config.json").read_text())
         assert config["size"] == d and config["model_config"]["ladder"][-1] == d
         assert "data" not in config and "trainer" not in config  # no training config tree
-        items = json.loads((directory / "items.json").read_text())["item_ids"]
-        assert items == [f"i{i}" for i in range(1, 61)]
+        items = json.loads((directory / "items.json").read_text())
+        assert items["item_ids"] == [f"i{i}" for i in range(1, 61)]
+        assert items["titles"] == [f"item {i}" for i in range(1, 61)]  # the dataset's text, in item_idx order
         emb = load_file(str(directory / "item_embeddings.safetensors"))["item_embeddings"]
         assert emb.shape == (61, d) and torch.all(emb[0] == 0)
         weights = load_file(str(directory / "model.safetensors"))
@@ -325,3 +328,71 @@ def test_sasrec_program_runs_standalone(sasrec_exported):
     assert got.shape == (3, 61) and torch.isinf(got[:, 0]).all()
     expected = Recommender(artifact, engine="python").scores(history)
     torch.testing.assert_close(got[:, 1:], expected[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------- titles (items.json)
+def test_artifact_exposes_the_titles(exported):
+    artifact = load_artifact(exported[1] / "d0008")
+    assert (
+        artifact.titles == [f"item {i}" for i in range(1, 61)] and len(artifact.titles) == artifact.num_items
+    )
+
+
+def test_item_title_is_the_first_line_stripped_and_cut():
+    assert item_title("  Star Wars \nA long time ago") == "Star Wars"
+    assert item_title("x" * 500) == "x" * 200
+    assert item_title(None) == "" and item_title("") == "" and item_title("\nsecond line") == ""
+
+
+def test_titles_follow_item_idx_and_need_a_text_column(tmp_path):
+    directory = write_processed_dataset(tmp_path / "data", n_items=12)
+    items = pl.read_parquet(directory / "items.parquet")
+    texts = [None if i == 3 else f" Title {i}\nmore" for i in range(1, 13)]
+    items.with_columns(pl.Series("text", texts, dtype=pl.String)).reverse().write_parquet(
+        directory / "items.parquet"
+    )  # rows out of item_idx order, one text missing
+    dataset = SequenceDataset(directory, max_len=10)
+    assert item_titles(dataset) == ["" if i == 3 else f"Title {i}" for i in range(1, 13)]
+    items.with_columns(pl.Series("text", [""] * 12, dtype=pl.String)).write_parquet(
+        directory / "items.parquet"
+    )
+    assert item_titles(SequenceDataset(directory, max_len=10)) is None  # no text at all: no titles
+    items.drop("text").write_parquet(directory / "items.parquet")
+    assert item_titles(SequenceDataset(directory, max_len=10)) is None
+
+
+def rewrite_items(folder, data) -> None:
+    (folder / "items.json").write_text(json.dumps(data))
+    write_checksums(folder)  # sealed again: only the loader's own checks stand in the way
+
+
+def test_export_without_titles_still_loads(exported, tmp_path):
+    copy = tmp_path / "d0004"
+    shutil.copytree(exported[1] / "d0004", copy)
+    rewrite_items(copy, {"item_ids": [f"i{i}" for i in range(1, 61)]})
+    artifact = load_artifact(copy)
+    assert artifact.titles is None and artifact.item_ids[0] == "i1"
+
+
+@pytest.mark.parametrize(
+    ("titles", "needle"),
+    [
+        ("item 1", "'titles' must be a list of strings"),
+        (None, "'titles' must be a list of strings"),
+        ([1] * 60, "'titles' must be a list of strings"),
+        ([None] * 60, "'titles' must be a list of strings"),
+        ([["x"]] * 60, "'titles' must be a list of strings"),
+        (["x"] * 59, "59 titles for 60 item ids"),
+        (["x"] * 61, "61 titles for 60 item ids"),
+        (["x"] * 59 + ["y" * 1001], "a title has 1001 characters, more than 1000"),
+    ],
+)
+def test_a_bad_titles_list_is_refused_naming_items_json(exported, tmp_path, titles, needle):
+    copy = tmp_path / "d0004"
+    shutil.copytree(exported[1] / "d0004", copy)
+    rewrite_items(copy, {"item_ids": [f"i{i}" for i in range(1, 61)], "titles": titles})
+    with pytest.raises(ArtifactError, match="items.json") as err:
+        load_artifact(copy)
+    assert needle in str(err.value)
+    rewrite_items(copy, {"item_ids": [f"i{i}" for i in range(1, 61)], "titles": ["y" * 1000] * 60})
+    assert load_artifact(copy).titles[0] == "y" * 1000  # at the bound: accepted

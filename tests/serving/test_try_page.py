@@ -2,11 +2,14 @@
 Content-Security-Policy that allows 'self' only (so no inline script or style, nothing from another
 origin), nothing outside the fixed file list can be fetched under /static/, the page's script never
 writes catalog text as HTML, and the catalog search ``GET /items`` bounds its input like the other
-endpoints (4xx JSON errors, never a 500)."""
+endpoints (4xx JSON errors, never a 500). Titles (items.json ``titles``): the search matches them,
+``GET /items`` and the answers of ``POST /recommend`` / ``POST /funnel`` carry them, and an export
+without titles still serves, with null titles."""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import socket
 from pathlib import Path
@@ -21,6 +24,7 @@ from serving.app import (
     MAX_SEARCH_LIMIT,
     STATIC_DIR,
     STATIC_FILES,
+    CatalogSearch,
     create_app,
     load_static_files,
 )
@@ -224,3 +228,87 @@ def test_recommend_reports_its_model_time(client):
     assert r.status_code == 200
     match = re.fullmatch(r"recommend;dur=([0-9.]+)", r.headers["server-timing"])
     assert match and float(match.group(1)) >= 0
+
+
+# ---------------------------------------------------------------------------- titles
+def test_items_come_with_their_titles(client):
+    r = client.get("/items", params={"limit": 3})
+    assert r.json()["items"] == [{"id": f"i{n}", "title": f"item {n}"} for n in (1, 2, 3)]
+
+
+def test_search_matches_titles_any_case(client):
+    r = client.get("/items", params={"q": "ITEM 1"})  # the exact title first, then titles starting with it
+    assert ids(r) == ["i1", *(f"i{n}" for n in range(10, 20))] and r.json()["total"] == 11
+    assert r.json()["items"][0] == {"id": "i1", "title": "item 1"}
+    r = client.get("/items", params={"q": "tem 4"})  # a part of the title words
+    assert ids(r) == ["i4", *(f"i{n}" for n in range(40, 50))] and r.json()["total"] == 11
+    assert all(entry["title"].startswith("item 4") for entry in r.json()["items"])
+    r = client.get("/items", params={"q": "item"})
+    assert r.json()["total"] == 60 and ids(r) == [f"i{n}" for n in range(1, 21)]
+
+
+def test_search_orders_exact_id_exact_title_prefix_substring():
+    search = CatalogSearch(
+        ["x4", "x3", "x2", "x1", "ab", "abz"], ["zzz", "the Ab", "Abc thing", "AB", "", "other"]
+    )
+    assert search.search("ab", 10) == (["ab", "x1", "x2", "abz", "x3"], 5)
+    assert search.search("AB", 2) == (["ab", "x1"], 5)
+    assert search.search("thing", 10) == (["x2"], 1)
+    assert search.title("ab") is None and search.title("x1") == "AB" and search.title("nope") is None
+    untitled = CatalogSearch(["ab", "xab"])
+    assert untitled.search("ab", 10) == (["ab", "xab"], 2) and untitled.title("ab") is None
+    with pytest.raises(ValueError, match="2 titles for 3 item ids"):
+        CatalogSearch(["a", "b", "c"], ["a", "b"])
+
+
+def test_recommend_and_funnel_answer_titles_next_to_items(client):
+    for path, extra in (("/recommend", {"tier": "d8"}), ("/funnel", {"shortlist": 20})):
+        r = client.post(path, json={"history": ["i1", "i2"], "k": 5, **extra})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert len(body["items"]) == 5 and body["titles"] == [f"item {i[1:]}" for i in body["items"]]
+        assert len(body["scores"]) == 5 and body["unknown_items"] == []
+
+
+def without_titles(export_dir: Path, reseal) -> None:
+    """Every items.json of ``export_dir`` as older exports wrote it: item ids only."""
+    for folder in export_dir.iterdir():
+        if (folder / "items.json").is_file():
+            data = json.loads((folder / "items.json").read_text())
+            (folder / "items.json").write_text(json.dumps({"item_ids": data["item_ids"]}))
+    reseal(export_dir)
+
+
+def test_an_export_without_titles_still_serves_with_null_titles(export_copy, reseal):
+    without_titles(export_copy, reseal)
+    with TestClient(create_app(export_copy), raise_server_exceptions=False) as c:
+        r = c.get("/items", params={"q": "i1", "limit": 2})
+        assert r.json()["items"] == [{"id": "i1", "title": None}, {"id": "i10", "title": None}]
+        assert c.get("/items", params={"q": "item 1"}).json()["total"] == 0  # ids only
+        for path in ("/recommend", "/funnel"):
+            body = c.post(path, json={"history": ["i1", "i2"], "k": 4}).json()
+            assert len(body["items"]) == 4 and body["titles"] == [None] * 4, body
+
+
+def test_empty_titles_are_null_and_each_size_answers_its_own(export_copy, reseal):
+    for folder in export_copy.iterdir():
+        if (folder / "items.json").is_file():
+            data = json.loads((folder / "items.json").read_text())
+            data["titles"] = [
+                "" if i % 2 else f"{folder.name} t{i + 1}" for i in range(len(data["item_ids"]))
+            ]
+            (folder / "items.json").write_text(json.dumps(data))
+    reseal(export_copy)
+    with TestClient(create_app(export_copy), raise_server_exceptions=False) as c:
+        assert [e["title"] for e in c.get("/items", params={"limit": 4}).json()["items"]] == [
+            "d0004 t1",
+            None,
+            "d0004 t3",
+            None,
+        ]
+        for tier in ("d4", "d16"):
+            body = c.post("/recommend", json={"history": ["i1"], "k": 10, "tier": tier}).json()
+            expected = [
+                None if int(i[1:]) % 2 == 0 else f"d{int(tier[1:]):04d} t{i[1:]}" for i in body["items"]
+            ]
+            assert body["titles"] == expected

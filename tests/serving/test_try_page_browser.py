@@ -1,8 +1,10 @@
 """The try-it page in a real browser: headless Chromium loads ``/?history=...&tiers=...&k=...`` from a live
 server on the tiny export, the page renders on load, and the DOM Chromium dumps must hold one column per
 tier with the same k items and scores as ``POST /recommend`` and a latency; a JS error, a failed call or
-a page that never finishes leaves no such DOM, so the test fails. A second catalog whose item ids are
-HTML markup checks that the page shows them as text and never parses them.
+a page that never finishes leaves no such DOM, so the test fails. Items are shown as "title (id)" (the
+tiny dataset's titles are "item N") in the history, the search results and the columns. A second
+catalog whose item ids and titles are HTML markup checks that the page shows them as text and never
+parses them.
 
 Skipped (with the reason) when no ``chromium`` is on PATH (Debian/Ubuntu: ``apt-get install chromium``).
 No Playwright/Selenium: ``chromium --headless --dump-dom`` with a virtual-time budget is enough."""
@@ -137,9 +139,17 @@ def page_url(port: int, history: list[str], tiers: list[str], k: int, q: str | N
     return f"http://127.0.0.1:{port}/?" + urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
 
 
-def check_comparison(dom: Node, port: int, history: list[str], tiers: list[str], k: int) -> list[Node]:
-    """The page finished without a JS error and shows, per tier and in order, the k items and scores
-    that POST /recommend answers, plus a latency; returns the tier columns."""
+def label(item: str, title: str | None) -> str:
+    """How the page shows an item: "title (id)", the id alone without a title."""
+    return f"{title} ({item})" if title else item
+
+
+def check_comparison(
+    dom: Node, port: int, history: list[str], tiers: list[str], k: int, titles: dict[str, str]
+) -> list[Node]:
+    """The page finished without a JS error and shows, per tier and in order, the k items (as
+    "title (id)", with the id in data-item) and scores that POST /recommend answers, plus a latency,
+    and the history as "title (id)" (``titles``: id -> title); returns the tier columns."""
     body = dom.find("body")
     assert "data-js-error" not in body.attrs, body.attrs["data-js-error"]
     assert body.attrs.get("data-state") == "done", (body.attrs, dom.find(None, None, id="status").text())
@@ -151,14 +161,20 @@ def check_comparison(dom: Node, port: int, history: list[str], tiers: list[str],
         rows = column.find("tbody").find_all("tr")
         assert len(rows) == k == len(expected["items"]), (tier, len(rows))
         assert [r.find("td", "rank").text() for r in rows] == [str(i) for i in range(1, k + 1)]
-        assert [r.find("td", "item").text() for r in rows] == expected["items"]
+        cells = [r.find("td", "item") for r in rows]
+        assert [c.attrs["data-item"] for c in cells] == expected["items"]
+        assert len(expected["titles"]) == k
+        assert [c.text() for c in cells] == [
+            label(i, t) for i, t in zip(expected["items"], expected["titles"])
+        ]
         cells = [r.find("td", "score") for r in rows]
         assert [float(c.attrs["data-score"]) for c in cells] == expected["scores"]  # JS String(x) round-trips
         assert [float(c.text()) for c in cells] == pytest.approx(expected["scores"], abs=1e-4)
         latency = column.find("p", "latency")
         assert float(latency.attrs["data-ms"]) > 0 and latency.text().split()[1] == "ms", latency.text()
-    shown = [li.find("span", "item").text() for li in dom.find("ol", None, id="history").find_all("li")]
-    assert shown == history
+    shown = [li.find("span", "item") for li in dom.find("ol", None, id="history").find_all("li")]
+    assert [s.attrs["data-item"] for s in shown] == history
+    assert [s.text() for s in shown] == [label(i, titles.get(i)) for i in history]
     return columns
 
 
@@ -167,33 +183,61 @@ def test_page_renders_each_tiers_top_k_from_the_query_string():
     with live_server(app, ServerLimits()) as port:
         history, tiers, k = ["i10", "i11"], ["d4", "d8"], 5
         dom = parse(dump_dom(page_url(port, history, tiers, k)))
-        check_comparison(dom, port, history, tiers, k)
-        # the catalog list (no q: the first 20 items) and the tier choices from GET /info
-        assert [b.text() for b in dom.find("ul", None, id="search-results").find_all("button")] == [
-            f"i{n}" for n in range(1, 21)
-        ]
+        (first, _) = check_comparison(dom, port, history, tiers, k, {"i10": "item 10", "i11": "item 11"})
+        assert (
+            first.find("tbody")
+            .find_all("td", "item")[0]
+            .find("span", "item-title")
+            .text()
+            .startswith("item ")
+        )
+        # the catalog list (no q: the first 20 items, "title (id)") and the tier choices from GET /info
+        buttons = dom.find("ul", None, id="search-results").find_all("button")
+        assert [b.text() for b in buttons] == [f"item {n} (i{n})" for n in range(1, 21)]
+        assert [b.attrs["data-item"] for b in buttons] == [f"i{n}" for n in range(1, 21)]
         boxes = dom.find("fieldset", None, id="tiers").find_all("input")
         assert [b.attrs["value"] for b in boxes] == ["d4", "d8", "d16"]  # by size
 
 
+def test_search_by_title_shows_titles():
+    """q= a title word: the search results are the items whose titles hold it, shown "title (id)"."""
+    app = create_app(trained_export()[1])
+    with live_server(app, ServerLimits()) as port:
+        dom = parse(dump_dom(page_url(port, ["i3"], ["d4"], 3, q="ITEM 5")))
+        check_comparison(dom, port, ["i3"], ["d4"], 3, {"i3": "item 3"})
+        buttons = dom.find("ul", None, id="search-results").find_all("button")
+        assert [b.text() for b in buttons] == [
+            f"item {n} (i{n})" for n in (5, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59)
+        ]
+        assert [b.find("span", "item-title").text() for b in buttons][:2] == ["item 5", "item 50"]
+
+
 def test_catalog_text_is_shown_as_text_never_parsed(export_copy):
-    """Item ids that are markup (the catalog is untrusted) come out as literal text everywhere the page
-    shows them: history, search results, result columns; no element of theirs appears in the DOM."""
+    """Item ids and titles that are markup (the catalog is untrusted) come out as literal text everywhere
+    the page shows them: history, search results, result columns; no element of theirs appears in the DOM.
+    Every other item has no title ("" in items.json): shown by its id alone."""
 
     def hostile(i: int) -> str:
         return f'<b class="pwn">i{i}</b><img class="pwn" src="x" onerror="alert(1)">&amp;"\'</td>'
 
+    def hostile_title(i: int) -> str:
+        return "" if i % 2 else f'<i class="pwn">t{i}</i><script class="pwn">alert(2)</script>&lt;'
+
     for folder in export_copy.iterdir():
         if (folder / "items.json").is_file():
-            ids = json.loads((folder / "items.json").read_text())["item_ids"]
-            (folder / "items.json").write_text(json.dumps({"item_ids": [hostile(int(x[1:])) for x in ids]}))
+            ids = [int(x[1:]) for x in json.loads((folder / "items.json").read_text())["item_ids"]]
+            data = {"item_ids": [hostile(i) for i in ids], "titles": [hostile_title(i) for i in ids]}
+            (folder / "items.json").write_text(json.dumps(data))
     reseal_export(export_copy)
     app = create_app(export_copy)
     with live_server(app, ServerLimits()) as port:
         history, tiers, k = [hostile(20), hostile(21)], ["d16"], 4
         dom = parse(dump_dom(page_url(port, history, tiers, k, q="<b")))
-        (column,) = check_comparison(dom, port, history, tiers, k)
+        titles = {hostile(i): hostile_title(i) for i in range(1, 61)}
+        (column,) = check_comparison(dom, port, history, tiers, k, titles)
         assert all(">i" in td.text() for td in column.find_all("td", "item"))
         found = [b.text() for b in dom.find("ul", None, id="search-results").find_all("button")]
-        assert found == [hostile(i) for i in range(1, 21)]
+        assert found == [label(hostile(i), hostile_title(i)) for i in range(1, 21)]
+        assert any("<script" in text for text in found)  # titles shown, as text
         assert dom.find_all(cls="pwn") == [] and dom.find_all("b") == [] and dom.find_all("img") == []
+        assert dom.find_all("i") == [] and len(dom.find_all("script")) == 1  # app.js only
