@@ -14,7 +14,6 @@ TITLES = {
 LEVER_TEXT = {
     "bf16": "bf16 autocast (fp32 master weights, loss, scan, metrics) -> fp32",
     "fused_adamw": "fused AdamW -> per-parameter loop",
-    "allocator": "glibc keeps freed blocks -> default mmap/munmap per large tensor",
     "packing": "LRU block on real positions only -> every position",
     "triangular": "block-triangular pieces -> one masked dense GEMM per nested linear",
     "cpu_scan": "step-by-step scan on CPU -> recursive doubling",
@@ -64,7 +63,7 @@ def tree_precisions(doc: dict) -> dict[str, str]:
     for run in doc.get("runs", []):
         r = run["result"]
         text = r.get("precision", "bf16" if doc["params"].get("bf16") else "fp32")
-        if r.get("adamw_options", {}).get("fused"):
+        if doc["suite"] == "speed" and r.get("adamw_options", {}).get("fused"):
             text += ", fused AdamW"
         out.setdefault(run["tree"], text)
     return out
@@ -83,7 +82,7 @@ def markdown(suite: str, doc: dict) -> str:
             f"random batches per run (after {p['warmup']} warm-up); batch {p['batch']}, max_len {p['max_len']}, "
             f"catalog {p['num_items']} items, {p['feature_dim']}-d text features, {p['num_blocks']} LRU block "
             f"(FFN {p['ffn_multiplier']}D), dropout {p['dropout']}; {_precision_note(p)}. "
-            "tokens/s: non-padding target positions per second. GFLOP/s: FLOPs of one step "
+            "tokens/s: non-padding target positions per step (mean) / median step time. GFLOP/s: FLOPs of one step "
             "(FlopCounterMode) / median step time."
         )
     else:

@@ -126,7 +126,9 @@ def per_run_value(suite: str, result: dict) -> dict:
         sec = statistics.median(result["step_seconds"])
         return {
             "seconds": sec,
-            "tokens_per_s": sum(result["tokens"]) / sum(result["step_seconds"]),
+            # mean targets per step / median step time: one step slowed by another process moves the
+            # median, not the rate (a sum over steps would carry the outlier in full)
+            "tokens_per_s": statistics.mean(result["tokens"]) / sec,
             "gflops": result["flops_per_step"] / sec / 1e9,
             "flops": result["flops_per_step"],
             "peak_rss_mib": result["peak_rss_mib"],

@@ -150,7 +150,7 @@ def tree_defaults(tree: str | None) -> dict:
 
 #: ``recsys-bench speed --ablate``: each lever of the training step, and how to turn it off in THIS
 #: tree (never used against another tree)
-LEVERS = ("bf16", "fused_adamw", "allocator", "packing", "triangular", "cpu_scan")
+LEVERS = ("bf16", "fused_adamw", "packing", "triangular", "cpu_scan")
 
 
 def turn_off(lever: str, p: dict) -> None:
@@ -171,7 +171,7 @@ def turn_off(lever: str, p: dict) -> None:
         from recsys.nn import lru
 
         lru._step_by_step = lambda t: False
-    elif lever != "allocator":  # the allocator is handled before anything is allocated
+    else:
         raise ValueError(f"unknown lever {lever!r}; known: {LEVERS}")
 
 
@@ -287,13 +287,6 @@ def main() -> None:
     import recsys
 
     off = p.get("without")
-    try:  # the tree's own process-wide settings, as its trainer and evaluation apply them
-        from recsys.runtime import keep_freed_memory
-    except ImportError:  # e4e3404 and before: none
-        pass
-    else:
-        if off != "allocator":
-            keep_freed_memory()
     defaults = tree_defaults(p.get("tree"))
     if p.get("bf16") is None:  # as the tree ships (evaluation: fp32); --bf16 / --fp32 force one for all
         p["bf16"] = defaults["bf16"] and p["suite"] == "speed" and p.get("model") != "published"

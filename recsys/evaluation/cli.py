@@ -14,7 +14,6 @@ from data_prep.io import write_json_atomic
 from recsys.builders import load_run, resolve_run
 from recsys.evaluation.evaluate import evaluate_split
 from recsys.evaluation.reporting import SizeMetrics, format_table, jsonable_metrics
-from recsys.runtime import keep_freed_memory
 
 USAGE = (
     "usage: recsys-eval run_dir=RUN_DIR [split=test|validation] [checkpoint=best|last|PATH] "
@@ -26,7 +25,6 @@ def main(argv: list[str] | None = None) -> None:
     args = OmegaConf.from_dotlist(list(sys.argv[1:] if argv is None else argv))
     if "run_dir" not in args:
         raise SystemExit(USAGE)
-    keep_freed_memory()
     run_dir, ckpt_path = resolve_run(args.run_dir, str(args.get("checkpoint", "best")))
     cfg, dataset, model = load_run(run_dir, ckpt_path)
     split_name = args.get("split", "test")

@@ -43,7 +43,6 @@ from recsys.evaluation.metrics import protocol_of
 from recsys.evaluation.reporting import SizeMetrics, jsonable_metrics, save_metrics_plot
 from recsys.model import MatryoshkaRecModel
 from recsys.nn.nested import sliced_state_dict
-from recsys.runtime import keep_freed_memory
 from recsys.training.checkpoint import (
     load_checkpoint,
     load_model_state,
@@ -104,7 +103,6 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, run_dir: str | Path, dataset: SequenceDataset | None = None) -> None:
         validate(cfg)
-        keep_freed_memory()  # large per-step temporaries reuse freed heap instead of fresh pages
         self.cfg = cfg
         tcfg = cfg.trainer
         self.run_dir = Path(run_dir)
