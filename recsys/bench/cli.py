@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]  # the source checkout holding recsys
 SCRIPTS = {"serving": "benchmarks.serving", "scale": "benchmarks.scale"}
 # --quick for the script suites (arguments after -- come later and win)
 QUICK_SCRIPT_ARGS = {
-    "serving": ["--repeats", "20", "--rounds", "3"],
+    "serving": ["--quick"],
     "scale": ["--items", "100000", "--steps", "2"],
 }
 

@@ -204,3 +204,9 @@ def test_train_refuses_the_independent_baseline(tmp_path):
     with pytest.raises(ValueError, match="model.independent=true"):
         recsys.train(["experiment=tiny", "model.independent=true"], run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_the_readme_shows_exactly_the_executed_example():
+    # the README's Python API block is the docs/api.md example this file runs, character for character
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "```python\n" + documented_example() + "```" in readme
