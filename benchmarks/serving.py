@@ -101,9 +101,8 @@ def train_default_run(run_dir: Path, overrides: Sequence[str] = TRAIN_OVERRIDES,
         cfg = compose("config", overrides=[f"data.path={data}", *overrides])
     log(f"training the benchmark model into {run_dir} ({' '.join(overrides)}); cached for later runs")
     start = time.perf_counter()
-    torch.set_grad_enabled(True)
-    run(cfg, run_dir)
-    torch.set_grad_enabled(False)
+    with torch.enable_grad():  # callers may run under no_grad
+        run(cfg, run_dir)
     done.write_text(json.dumps({"overrides": list(overrides), "seconds": time.perf_counter() - start}))
     return run_dir
 
@@ -509,9 +508,9 @@ def distinct_sources(ids: torch.Tensor, n: int) -> float:
     return statistics.mean(len(set(source_of(r, n).tolist())) for r in ids)
 
 
+@torch.no_grad()  # local: the caller's grad mode is restored on return (tests run in one process)
 def run_benchmark(model, dataset, opts: Options, log=print) -> dict:
     """The catalog-scale measurement on a loaded model; returns the result document (no machine)."""
-    torch.set_grad_enabled(False)
     torch.manual_seed(opts.seed)
     doc: dict = {"options": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(opts).items()}}
     t_start = time.perf_counter()

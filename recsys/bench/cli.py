@@ -74,7 +74,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         "--fp32", dest="bf16", action="store_const", const=False, help="every tree in fp32"
     )
     parser.add_argument(
-        "--only", choices=["ladder", "single"], help="measure only the nested ladder or only the single width"
+        "--only",
+        choices=["ladder", "single", "published"],
+        help="measure only the nested ladder, the single width or the published block",
     )
     parser.add_argument(
         "--ablate",
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         cfgs = suites.configs(args.suite, args.quick, threads, overrides)
     if args.only:
-        cfgs = [c for c in cfgs if c.nested == (args.only == "ladder")]
+        cfgs = [c for c in cfgs if c.name.endswith("/" + args.only)]
     print(f"[{args.suite}] machine and matmul peaks ...", flush=True)
     info = machine.describe(ROOT, threads, peaks=not args.no_peak)
     trees = {"this tree": ROOT}

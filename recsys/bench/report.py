@@ -17,6 +17,8 @@ LEVER_TEXT = {
     "packing": "LRU block on real positions only -> every position",
     "triangular": "block-triangular pieces -> one masked dense GEMM per nested linear",
     "cpu_scan": "step-by-step scan on CPU -> recursive doubling",
+    # measured once (benchmarks/results/speed_levers.md), then removed for showing no gain
+    "allocator": "glibc keeps freed blocks -> default mmap/munmap per large tensor",
 }
 
 
@@ -67,6 +69,14 @@ def tree_precisions(doc: dict) -> dict[str, str]:
             text += ", fused AdamW"
         out.setdefault(run["tree"], text)
     return out
+
+
+def ratio_table(first_column: str, ratios: dict[str, dict]) -> list[str]:
+    """Markdown rows of per-pair ratios: label | median (bold) | min | max | pairs."""
+    lines = [f"| {first_column} | median ratio | min | max | pairs |", "| --- | ---: | ---: | ---: | ---: |"]
+    for label, r in ratios.items():
+        lines.append(f"| {label} | **{r['median']:.2f}x** | {r['min']:.2f} | {r['max']:.2f} | {r['n']} |")
+    return lines
 
 
 def markdown(suite: str, doc: dict) -> str:
@@ -133,11 +143,8 @@ def markdown(suite: str, doc: dict) -> str:
             "per size). Ratio = tokens/s of this tree's default step / tokens/s of the published block, "
             "pair by pair in the same repeat.",
             "",
-            "| D | median ratio | min | max | pairs |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            *ratio_table("D", doc["published_ratio"]),
         ]
-        for d, r in doc["published_ratio"].items():
-            lines.append(f"| {d} | **{r['median']:.2f}x** | {r['min']:.2f} | {r['max']:.2f} | {r['n']} |")
     if doc.get("ablation"):
         lines += [
             "",
@@ -146,13 +153,11 @@ def markdown(suite: str, doc: dict) -> str:
             "Ratio = s/step without the lever / s/step with every lever, pair by pair in the same repeat "
             "(> 1: the lever makes the step faster).",
             "",
-            "| lever turned off (-> what runs instead) | median ratio | min | max | pairs |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            *ratio_table(
+                "lever turned off (-> what runs instead)",
+                {LEVER_TEXT.get(lever, lever): r for lever, r in doc["ablation"].items()},
+            ),
         ]
-        for lever, r in doc["ablation"].items():
-            lines.append(
-                f"| {LEVER_TEXT.get(lever, lever)} | **{r['median']:.2f}x** | {r['min']:.2f} | {r['max']:.2f} | {r['n']} |"
-            )
     if doc.get("compare"):
         c = doc["compare"]
         lines += [
@@ -162,11 +167,8 @@ def markdown(suite: str, doc: dict) -> str:
             f"Interleaved runs (for each repeat and config: this tree, then `{c['ref']}`), each in its own "
             "process. Ratio = time at the ref / time here (> 1: this tree is faster), one per pair.",
             "",
-            "| config | median ratio | min | max | pairs |",
-            "| --- | ---: | ---: | ---: | ---: |",
+            *ratio_table("config", c["ratios"]),
         ]
-        for name, r in c["ratios"].items():
-            lines.append(f"| {name} | **{r['median']:.2f}x** | {r['min']:.2f} | {r['max']:.2f} | {r['n']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -48,6 +48,16 @@ def jsonable_metrics(results: SizeMetrics) -> dict[str, dict[str, float]]:
     }
 
 
+def size_axis(ax, sizes: list[int], title: str, legend_size: int = 8) -> None:
+    """The x-axis of every metric-vs-size chart: embedding size on a log2 scale, one tick per size."""
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(d) for d in sizes])
+    ax.set_xlabel("embedding size d")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+
+
 def metrics_vs_size_figure(results: SizeMetrics, title: str = "") -> plt.Figure:
     """One panel per metric family (Recall, NDCG, MRR), one line per k and protocol (unseen
     items dashed), size on a log2 axis."""
@@ -61,12 +71,7 @@ def metrics_vs_size_figure(results: SizeMetrics, title: str = "") -> plt.Figure:
         for name in [n for n in names if n.removeprefix("unseen/").startswith(family + "@")]:
             style = "--" if name.startswith("unseen/") else "-"
             ax.plot(sizes, [results[d][name] for d in sizes], style, marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(sizes, [str(d) for d in sizes])
-        ax.set_xlabel("embedding size d")
-        ax.set_title(family.upper() if family != "ndcg" else "NDCG")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        size_axis(ax, sizes, family.upper() if family != "ndcg" else "NDCG", legend_size=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

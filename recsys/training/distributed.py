@@ -379,9 +379,10 @@ def all_reduce_accumulator(acc, env: DistEnv):
     ranks (in place; returns it)."""
     if not env.enabled:
         return acc
-    from recsys.evaluation.metrics import metrics_from_ranks
+    from recsys.evaluation.metrics import UNSEEN, metrics_from_ranks
 
-    names = sorted(metrics_from_ranks(torch.zeros(1), acc.ks))
+    zero = torch.zeros(1)  # both protocols' names, whatever this rank accumulated
+    names = sorted({*metrics_from_ranks(zero, acc.ks), *metrics_from_ranks(zero, acc.ks, UNSEEN)})
     nonfinite = torch.tensor([float(n) for n in acc.nonfinite_users().values()], dtype=torch.float64)
     stacked = torch.stack(
         [acc.sums.get(n, torch.zeros(len(acc.sizes), dtype=torch.float64)).double() for n in names]

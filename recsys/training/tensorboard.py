@@ -29,7 +29,7 @@ import matplotlib.pyplot as plt
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from recsys.evaluation.reporting import SizeMetrics, default_columns, metrics_vs_size_figure
+from recsys.evaluation.reporting import SizeMetrics, default_columns, metrics_vs_size_figure, size_axis
 
 TRAIN_RUN = "train"
 HPARAMS_RUN = "hparams"
@@ -100,12 +100,7 @@ def metrics_over_training_figure(history: Sequence[tuple[int, SizeMetrics]], tit
                     color=cmap(shade),
                     label=f"step {step}" if (last or i == 0) else None,
                 )
-            ax.set_xscale("log", base=2)
-            ax.set_xticks(sizes, [str(d) for d in sizes])
-            ax.set_xlabel("embedding size d")
-            ax.set_title(name, fontsize=10)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            size_axis(ax, sizes, name, legend_size=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

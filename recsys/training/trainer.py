@@ -153,15 +153,14 @@ class Trainer:
     def _parameters_per_size(self) -> dict[int, int]:
         """{d: parameters of the width-d model}: from the sliced state where every layer declares its
         nesting, else by building the slice (SASRec's position table is cut by the slice itself)."""
+        if self.env.enabled:  # tables sharded across ranks: counted by recsys-export, not here
+            return {}
         out = {}
         for d in self.sizes:
             try:
                 out[d] = sum(t.numel() for t in sliced_state_dict(self.model, d).values())
             except TypeError:
-                try:
-                    out[d] = sum(p.numel() for p in self.model.slice(d).parameters())
-                except Exception:  # e.g. tables already sharded across ranks: the summary goes without
-                    return {}
+                out[d] = sum(p.numel() for p in self.model.slice(d).parameters())
         return out
 
     def summary(self) -> str:
