@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -111,7 +112,8 @@ def _encode_all(
     feats = torch.zeros(n + 1, encoder.dim, dtype=torch.float32)
     mask = torch.zeros(n + 1, dtype=torch.bool)
     t0 = time.perf_counter()
-    with tqdm(total=n, desc=desc, unit="item", leave=False) as bar:
+    # a bar on a terminal; in a log file (CI, nohup) no carriage-return redraws, the summary line after says it
+    with tqdm(total=n, desc=desc, unit="item", leave=False, disable=not sys.stderr.isatty()) as bar:
         for start in range(0, n, batch_size):
             chunk = list(inputs[start : start + batch_size])
             f, m = encoder.encode(chunk)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -29,6 +30,10 @@ class SentenceTransformerEncoder(TextEncoder):
         _offline()
         from sentence_transformers import SentenceTransformer
 
+        if not sys.stderr.isatty():  # transformers' "Loading weights" bar: redraws in a log file
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         try:
             self.model = SentenceTransformer(str(model), device=device, local_files_only=True)
         except Exception as e:  # OSError, ValueError, HF errors: all mean "not available here"
