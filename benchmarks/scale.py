@@ -154,11 +154,9 @@ def measure(args: argparse.Namespace, processes: int) -> list[dict]:
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
         raise RuntimeError(f"scale worker failed ({processes} processes):\n{proc.stderr[-3000:]}")
-    rows = [
-        json.loads(line.split("SCALE_ROW ", 1)[1])
-        for line in proc.stdout.splitlines()
-        if "SCALE_ROW " in line
-    ]
+    # two ranks share one stdout, so their lines can run together: decode every object after a marker
+    decoder = json.JSONDecoder()
+    rows = [decoder.raw_decode(part)[0] for part in proc.stdout.split("SCALE_ROW ")[1:]]
     if len(rows) != processes * len(args.losses):
         raise RuntimeError(f"expected {processes * len(args.losses)} result rows, got {len(rows)}")
     return rows
