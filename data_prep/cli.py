@@ -169,7 +169,7 @@ def prepare_from_args(argv: list[str]) -> Path:
     args = _parser().parse_args(argv)
     out = args.out or Path("data") / args.dataset
     t0 = time.perf_counter()
-    if (out / layout.MANIFEST).exists() and not args.force:
+    if layout.is_current(out) and not args.force:
         print(f"{out} already prepared (use --force to rebuild)")
     else:
         raw = _load(args)

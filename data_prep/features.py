@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from data_prep import layout
+from data_prep.categorical import build_categorical_table
 from data_prep.encoders import encoder_identity, get_image_encoder, get_text_encoder
 from data_prep.io import atomic_path, write_json_atomic
 
@@ -305,6 +306,11 @@ def build_feature_tables(
                 n,
                 e["n_unreadable"],
             )
+
+    # ---- categorical bags (genres, year, ...) when items.parquet has cat_* columns
+    categorical = build_categorical_table(dataset_dir, items)
+    if categorical is not None:
+        entries[layout.CATEGORICAL] = categorical
 
     # a stale table of a modality that no longer applies must not be picked up by training
     for modality in skipped:

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import polars as pl
 
 from data_prep import layout
+from data_prep.categorical import category_lists
 from data_prep.errors import DataError
 from data_prep.io import sha256_file
 from data_prep.manifest import write_manifest
@@ -277,6 +278,7 @@ def _items_table(
             "item_id": items["item_id"].cast(pl.String),
             "text": pl.Series(texts, dtype=pl.String),
             "image_path": image.cast(pl.String),
+            **category_lists(items, raw.categorical),
         }
     )
     stats = {
@@ -378,6 +380,7 @@ def prepare(
     manifest: dict[str, Any] = {
         "dataset": raw.name,
         "pipeline_version": layout.PIPELINE_VERSION,
+        "dataset_version": layout.DATASET_VERSION,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": {
             **raw.source_info,

@@ -32,6 +32,8 @@ import polars as pl
 from data_prep.errors import DataError
 
 MOVIELENS_TEMPLATE = "{title} ({year}). Genres: {genres}."
+MOVIELENS_CATEGORICAL = {"genres": " ", "year": ""}  # "Animation Children's Comedy", "1995"
+AMAZON_CATEGORICAL = {"categories": ", ", "brand": ""}  # as _join_unique writes them
 AMAZON_TEMPLATE = "{title}. Brand: {brand}. Price: {price}. Categories: {categories}."
 PLACEHOLDERS = frozenset({"unkonwn", "unknown title"})  # ML-100K item 267's title/year placeholder
 FIRST_LINES = 5  # how many line numbers of each skip reason are kept in the manifest
@@ -82,6 +84,9 @@ class RawData:
     skipped: Skipped = field(default_factory=Skipped)
     item_counts: dict[str, int] = field(default_factory=dict)  # duplicate rows, placeholders, images
     source_info: dict[str, Any] = field(default_factory=dict)  # e.g. the wheel a built-in came from
+    # item columns that are categorical features: column -> separator of its values ("" = one value);
+    # the pipeline writes them as items.parquet ``cat_<column>`` lists (data_prep/categorical.py)
+    categorical: dict[str, str] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -393,6 +398,7 @@ def read_movielens_atomic(
         text_template=MOVIELENS_TEMPLATE,
         skipped=skipped,
         item_counts=counts,
+        categorical={k: v for k, v in MOVIELENS_CATEGORICAL.items() if k in items.columns},
     )
 
 
@@ -641,6 +647,7 @@ def read_amazon(
         text_template=AMAZON_TEMPLATE,
         skipped=skipped,
         item_counts=counts,
+        categorical={k: v for k, v in AMAZON_CATEGORICAL.items() if k in items.columns},
     )
 
 

@@ -9,8 +9,10 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from data_prep import layout
+from data_prep.layout import CATEGORICAL
 from recsys.config import BUILTIN_DATASETS, effective_ladder
-from recsys.data import SequenceDataset
+from recsys.data import SequenceDataset, transform_features
 from recsys.model import MatryoshkaRecModel, ModelConfig
 from recsys.nn import BackboneConfig, registered_backbones
 from recsys.training.checkpoint import load_checkpoint
@@ -21,7 +23,8 @@ log = logging.getLogger(__name__)
 def prepare_dataset_if_missing(cfg: DictConfig) -> Path:
     """Return the processed dataset directory, running ``recsys-prep`` for a missing built-in one."""
     path = Path(cfg.data.path)
-    if (path / "manifest.json").is_file():
+    builtin = cfg.data.name in BUILTIN_DATASETS and cfg.data.prepare_if_missing
+    if (path / layout.MANIFEST).is_file() and (layout.is_current(path) or not builtin):
         return path
     if cfg.data.name not in BUILTIN_DATASETS or not cfg.data.prepare_if_missing:
         raise FileNotFoundError(
@@ -30,13 +33,22 @@ def prepare_dataset_if_missing(cfg: DictConfig) -> Path:
         )
     from data_prep import prepare_builtin
 
-    log.info("Preparing %s into %s", cfg.data.name, path)
+    log.info(
+        "Preparing %s into %s%s",
+        cfg.data.name,
+        path,
+        " (written by an older recsys-prep)" if path.exists() else "",
+    )
     return prepare_builtin(cfg.data.name, path, cfg.data.text_encoder, cfg.data.image_encoder)
 
 
 def build_dataset(cfg: DictConfig) -> SequenceDataset:
-    """The processed dataset of the data group, windows of ``data.max_len``."""
-    return SequenceDataset(prepare_dataset_if_missing(cfg), max_len=cfg.data.max_len)
+    """The processed dataset of the data group, windows of ``data.max_len`` every ``data.train_stride``."""
+    return SequenceDataset(
+        prepare_dataset_if_missing(cfg),
+        max_len=cfg.data.max_len,
+        train_stride=cfg.data.get("train_stride", 0),
+    )
 
 
 def backbone_config(backbone: DictConfig, ladder: Sequence[int], max_len: int) -> BackboneConfig:
@@ -63,6 +75,8 @@ def model_config(cfg: DictConfig) -> ModelConfig:
         use_id_table=bool(cfg.model.use_id_table),
         trainable_features=bool(cfg.model.trainable_features),
         projector_hidden=int(cfg.model.projector_hidden),
+        categorical_dim=int(cfg.model.get("categorical_dim", 32)),
+        categorical_pooling=str(cfg.model.get("categorical_pooling", "mean")),
     )
 
 
@@ -74,13 +88,19 @@ def build_model(cfg: DictConfig, dataset: SequenceDataset) -> MatryoshkaRecModel
         raise ValueError(
             f"model.modalities asks for {missing}, but dataset {dataset.directory} has only {dataset.modalities}"
         )
-    features = dataset.load_features(modalities)
+    transform = str(cfg.model.get("feature_transform", "none"))
+    dense = [m for m in modalities if m != CATEGORICAL]
+    features = {m: transform_features(t, transform) for m, t in dataset.load_features(dense).items()}
+    bags = dataset.load_categorical() if CATEGORICAL in modalities else None
     model = MatryoshkaRecModel(
         model_config(cfg),
         num_items=dataset.num_items,
         feature_dims={m: int(t.shape[1]) for m, t in features.items()},
+        categorical={
+            f: {"vocab_size": len(b.vocab), "nnz": int(b.ids.numel())} for f, b in (bags or {}).items()
+        },
     )
-    model.load_item_features(features)
+    model.load_item_features(features, bags)
     return model
 
 

@@ -29,6 +29,7 @@ class DataSchema:
     path: str = MISSING  # processed dataset directory
     prepare_if_missing: bool = True  # built-in datasets only: run recsys-prep when path is missing
     max_len: int = 50
+    train_stride: int = 0  # training windows end every train_stride targets; 0 = max_len (no overlap)
     text_encoder: str = "minilm"
     image_encoder: str | None = "mobilenet_v2"
 
@@ -41,6 +42,11 @@ class ModelSchema:
     use_id_table: bool = False
     trainable_features: bool = False
     projector_hidden: int = 0
+    categorical_dim: int = 32  # width of each categorical field's table (modality "categorical")
+    categorical_pooling: str = "mean"  # mean | sum over an item's values of one field
+    feature_transform: str = (
+        "none"  # none | center | whiten: frozen features over the catalog (recsys/data.py)
+    )
     independent: bool = False  # baseline: one separate model per ladder size (recsys/training/independent.py)
 
 
@@ -123,6 +129,8 @@ class TrainerSchema:
     max_epochs: int = 100
     batch_size: int = 128
     optimizer: dict[str, Any] = field(default_factory=dict)  # set by the optimizer group (configs/optimizer/)
+    # parameter kinds without weight decay (recsys/training/param_groups.py): bias, norm, recurrence, embedding
+    no_decay: list[str] = field(default_factory=list)
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables
@@ -192,6 +200,10 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"data.name: unknown dataset '{cfg.data.name}'; known: {', '.join(KNOWN_DATASETS)}")
     if cfg.data.max_len <= 0:
         raise ValueError(f"data.max_len must be positive, got {cfg.data.max_len}")
+    if not 0 <= cfg.data.get("train_stride", 0) <= cfg.data.max_len:
+        raise ValueError(
+            f"data.train_stride must be in [0, data.max_len={cfg.data.max_len}] (0 = max_len), got {cfg.data.train_stride}"
+        )
     ladder = [int(s) for s in cfg.model.ladder]
     if not ladder or any(s <= 0 for s in ladder):
         raise ValueError(f"model.ladder must be non-empty positive sizes, got {ladder}")
@@ -199,6 +211,12 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"model.ladder must be strictly increasing, got {ladder}")
     if cfg.model.width not in ladder:
         raise ValueError(f"model.width={cfg.model.width} is not a size of model.ladder {ladder}")
+    from recsys.data import FEATURE_TRANSFORMS
+
+    if cfg.model.get("feature_transform", "none") not in FEATURE_TRANSFORMS:
+        raise ValueError(
+            f"model.feature_transform must be one of {', '.join(FEATURE_TRANSFORMS)}, got {cfg.model.feature_transform!r}"
+        )
     sizes = effective_ladder(cfg.model)
     for key in ("loss._target_", "trainer.optimizer._target_"):
         _check_target(cfg, key)
@@ -285,6 +303,13 @@ def validate(cfg: DictConfig) -> None:
     wd = opt.get("weight_decay", 0.0)
     if not isinstance(wd, (int, float)) or not math.isfinite(wd) or wd < 0:
         raise ValueError(f"trainer.optimizer.weight_decay must be a finite number >= 0, got {wd!r}")
+    from recsys.training.param_groups import NO_DECAY_KINDS
+
+    unknown_kinds = sorted(set(cfg.trainer.get("no_decay", [])) - set(NO_DECAY_KINDS))
+    if unknown_kinds:
+        raise ValueError(
+            f"trainer.no_decay: unknown kinds {unknown_kinds}; choose from {list(NO_DECAY_KINDS)}"
+        )
     if cfg.eval.batch_size <= 0:
         raise ValueError(f"eval.batch_size must be positive, got {cfg.eval.batch_size}")
     absent = object()

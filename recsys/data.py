@@ -3,7 +3,10 @@
 Leave-one-out split of each chronological sequence ``s``:
 
 * train: next-item prediction over ``s[:-2]`` (input ``t[:-1]``, targets ``t[1:]``), cut into
-  windows of ``max_len`` from the end so that every training target is used exactly once;
+  windows of ``max_len`` from the end so that every training target is used exactly once; with a
+  ``train_stride`` below ``max_len`` the windows overlap and each one scores only its last
+  ``train_stride`` targets, so a target sees at least ``max_len - train_stride`` items of history
+  (stride 1: every target with its full history, as evaluation sees it);
 * validation: input ``s[:-2]``, target ``s[-2]``;
 * test: input ``s[:-1]`` (it includes the validation item), target ``s[-1]``.
 
@@ -63,26 +66,98 @@ def _left_pad(rows: list[np.ndarray], width: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def train_windows(sequence: np.ndarray, max_len: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def train_windows(
+    sequence: np.ndarray, max_len: int, stride: int | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Cut the training part ``t`` of a sequence into (input, target) windows of at most max_len.
 
-    Windows are taken from the end of ``t`` backwards, so that each target position appears in
-    exactly one window and the most recent history always gets a full-length window.
+    Windows end every ``stride`` targets (default ``max_len``: no overlap), from the end of ``t``
+    backwards, so the most recent history always gets a full-length window. Each window keeps as
+    targets only its last ``stride`` positions (the others are 0 = not scored), so every target
+    position is scored in exactly one window, with at least ``max_len - stride`` items before it.
     """
+    stride = max_len if stride is None else stride
+    if not 1 <= stride <= max_len:
+        raise ValueError(f"train stride must be in [1, max_len={max_len}], got {stride}")
     inputs, targets = sequence[:-1], sequence[1:]
     windows = []
     end = len(targets)
     while end > 0:
         start = max(0, end - max_len)
-        windows.append((inputs[start:end], targets[start:end]))
-        end = start
+        y = targets[start:end].copy()
+        y[: max(0, end - stride - start)] = 0  # scored by the next window back
+        windows.append((inputs[start:end], y))
+        end -= stride
     return windows
+
+
+@dataclass(frozen=True)
+class CategoryBags:
+    """One categorical field: the bag of item i is ``ids[offsets[i]:offsets[i+1]]`` (vocabulary indices).
+
+    ids: (nnz,) int64 in [0, len(vocab)); offsets: (N+2,) int64 non-decreasing from 0 (item 0 = padding)."""
+
+    ids: torch.Tensor
+    offsets: torch.Tensor
+    vocab: list[str]
+
+    def check(self, num_items: int, where: str) -> None:
+        """ValueError naming ``where`` unless the bags fit a catalog of ``num_items`` items."""
+        ids, offsets = self.ids, self.offsets
+        problems = []
+        if ids.dtype != torch.int64 or offsets.dtype != torch.int64 or ids.dim() != 1 or offsets.dim() != 1:
+            problems.append("ids and offsets must be 1-D int64")
+        elif offsets.numel() != num_items + 2:
+            problems.append(f"{offsets.numel()} offsets, expected N+2 = {num_items + 2}")
+        elif int(offsets[0]) != 0 or int(offsets[1]) != 0 or int(offsets[-1]) != ids.numel():
+            problems.append("offsets must start 0, 0 (padding item) and end at len(ids)")
+        elif bool((offsets[1:] < offsets[:-1]).any()):
+            problems.append("offsets decrease")
+        elif ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= len(self.vocab)):
+            problems.append(f"ids outside the vocabulary of {len(self.vocab)}")
+        if problems:
+            raise ValueError(f"{where}: {problems[0]}")
+
+
+FEATURE_TRANSFORMS = ("none", "center", "whiten")
+
+
+def transform_features(table: torch.Tensor, mode: str, eps: float = 1e-3) -> torch.Tensor:
+    """(N+1, F) frozen feature table -> the same shape, re-expressed over the catalog's items.
+
+    Sentence-encoder features share one dominant direction (their mean), which the projector then
+    carries into every item embedding. ``center`` subtracts the mean over the items that have the
+    modality (non-zero rows); ``whiten`` also decorrelates them (ZCA: ``(x - mu) V diag(1/sqrt(l +
+    eps * mean l)) V^T`` from the eigendecomposition of their covariance). Both then rescale so the
+    mean row norm is the original one (the projector's initialisation sees inputs of the same scale).
+    Row 0 (padding) and items without the modality stay exactly zero. ``none`` returns ``table``.
+    """
+    if mode not in FEATURE_TRANSFORMS:
+        raise ValueError(f"model.feature_transform must be one of {FEATURE_TRANSFORMS}, got {mode!r}")
+    if mode == "none":
+        return table
+    present = table.abs().sum(dim=1) > 0  # (N+1,)
+    if int(present.sum()) < 2:
+        return table
+    x = table[present].double()  # (n, F)
+    norm = x.norm(dim=1).mean()
+    x = x - x.mean(dim=0)
+    if mode == "whiten":
+        cov = x.T @ x / (x.shape[0] - 1)  # (F, F)
+        eigenvalues, vectors = torch.linalg.eigh(cov)
+        eigenvalues = eigenvalues.clamp_min(0.0)
+        scale = (eigenvalues + eps * eigenvalues.mean()).rsqrt()
+        x = x @ (vectors * scale) @ vectors.T
+    x = x * (norm / x.norm(dim=1).mean().clamp_min(1e-12))
+    out = torch.zeros_like(table)
+    out[present] = x.to(table.dtype)
+    return out
 
 
 class SequenceDataset:
     """A processed dataset: sequences, catalog size, feature tables and the three splits."""
 
-    def __init__(self, directory: str | Path, max_len: int) -> None:
+    def __init__(self, directory: str | Path, max_len: int, train_stride: int | None = None) -> None:
         self.directory = Path(directory)
         if not (self.directory / layout.MANIFEST).is_file():
             raise FileNotFoundError(
@@ -92,6 +167,11 @@ class SequenceDataset:
         if max_len <= 0:
             raise ValueError(f"data.max_len must be positive, got {max_len}")
         self.max_len = max_len
+        self.train_stride = max_len if not train_stride else train_stride
+        if not 1 <= self.train_stride <= max_len:
+            raise ValueError(
+                f"data.train_stride must be in [1, data.max_len={max_len}] (0 = max_len), got {train_stride}"
+            )
         self.manifest = json.loads((self.directory / layout.MANIFEST).read_text())
         items = pl.read_parquet(self.directory / layout.ITEMS, columns=["item_idx", "item_id"])
         self.num_items = int(items.height)
@@ -132,11 +212,33 @@ class SequenceDataset:
             out[modality] = table
         return out
 
+    def load_categorical(self) -> dict[str, CategoryBags]:
+        """{field: bags} from ``features/categorical.safetensors`` (data_prep/categorical.py), checked."""
+        path = self.directory / layout.feature_file(layout.CATEGORICAL)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no categorical features at {path}: the dataset's items have no categorical columns "
+                f"(cat_* in {layout.ITEMS}), or it was prepared before they existed; re-run `recsys-prep`, "
+                "or leave 'categorical' out of model.modalities"
+            )
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            fields = json.loads(meta.get("fields", "[]"))
+            out = {}
+            for field in fields:
+                vocab = json.loads(meta[f"vocab.{field}"])
+                bags = CategoryBags(f.get_tensor(f"{field}.ids"), f.get_tensor(f"{field}.offsets"), vocab)
+                bags.check(self.num_items, f"{path} field '{field}'")
+                out[field] = bags
+        if not out:
+            raise ValueError(f"{path}: no categorical fields")
+        return out
+
     # ------------------------------------------------------------------ train
     def _build_train(self) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, targets = [], []
         for seq in self.sequences:
-            for x, y in train_windows(seq[:-2], self.max_len):
+            for x, y in train_windows(seq[:-2], self.max_len, self.train_stride):
                 inputs.append(x)
                 targets.append(y)
         return _left_pad(inputs, self.max_len), _left_pad(targets, self.max_len)

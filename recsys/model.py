@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from data_prep.layout import CATEGORICAL  # the modality of categorical fields (genres, year, ...)
 from recsys.losses.matryoshka import DEFAULT_BUDGET_BYTES, matryoshka_cross_entropy
 from recsys.nn import BackboneConfig, LRUConfig, backbone_config_from_dict, build_backbone
 from recsys.nn.backbone import is_int
@@ -63,6 +64,8 @@ class ModelConfig:
     use_id_table: bool = False  # trainable nested item-id table added to the projected features
     trainable_features: bool = False  # modality tables frozen by default
     projector_hidden: int = 0  # 0: one nested linear F -> D; k > 0: F -> k*D -> SiLU -> D
+    categorical_dim: int = 32  # width C of each categorical field's table (modality "categorical")
+    categorical_pooling: str = "mean"  # mean | sum over an item's values of a field
     loss_budget_bytes: int = DEFAULT_BUDGET_BYTES  # cap on the (M, chunk, N+1) logits of the loss
 
     def __post_init__(self) -> None:
@@ -79,6 +82,10 @@ class ModelConfig:
             and len(set(self.modalities)) == len(self.modalities)
             and (len(self.modalities) > 0 or self.use_id_table),
             "projector_hidden": is_int(self.projector_hidden) and self.projector_hidden >= 0,
+            "categorical_dim": is_int(self.categorical_dim)
+            and self.categorical_dim > 0
+            and self.categorical_dim % 4 == 0,
+            "categorical_pooling": self.categorical_pooling in ("mean", "sum"),
             "loss_budget_bytes": is_int(self.loss_budget_bytes) and self.loss_budget_bytes > 0,
         }
         for name, ok in checks.items():
@@ -115,26 +122,51 @@ class ModelConfig:
 
 class MatryoshkaRecModel(nn.Module):
     """Nested sequential recommender. ``num_items`` = N (ids 1..N, 0 = padding);
-    ``feature_dims``: modality -> F, for every modality of the config."""
+    ``feature_dims``: modality -> F, for every dense modality of the config (all but ``categorical``);
+    ``categorical``: {field: {"vocab_size": V, "nnz": values over all items}} when the config's
+    modalities include ``categorical`` (genres, year, ... pooled by a torchrec EmbeddingBagCollection)."""
 
-    def __init__(self, config: ModelConfig, num_items: int, feature_dims: dict[str, int]):
+    def __init__(
+        self,
+        config: ModelConfig,
+        num_items: int,
+        feature_dims: dict[str, int],
+        categorical: dict[str, dict[str, int]] | None = None,
+    ):
         super().__init__()
         if num_items < 1:
             raise ValueError(f"num_items must be >= 1, got {num_items}")
-        missing = [m for m in config.modalities if m not in feature_dims]
+        dense = [m for m in config.modalities if m != CATEGORICAL]
+        missing = [m for m in dense if m not in feature_dims]
         if missing:
             raise ValueError(f"feature_dims lacks modalities {missing}")
+        if (CATEGORICAL in config.modalities) != bool(categorical):
+            raise ValueError(
+                f"modality '{CATEGORICAL}' needs categorical fields and the fields need the modality: "
+                f"modalities {list(config.modalities)}, fields {sorted(categorical or {})}"
+            )
         self.config, self.num_items = config, num_items
-        self.feature_dims = {m: int(feature_dims[m]) for m in config.modalities}
+        self.feature_dims = {m: int(feature_dims[m]) for m in dense}
+        self.categorical = {
+            f: {k: int(v) for k, v in spec.items()} for f, spec in (categorical or {}).items()
+        }
         if any(f <= 0 for f in self.feature_dims.values()):
             raise ValueError(f"feature_dims must be positive, got {self.feature_dims}")
         # The item embeddings are the backbone's inputs, so they have its width (> d only when the
         # backbone's output is cut to d, see ModelConfig).
         backbone_ladder = config.backbone.ladder
         self.tables = ItemTables(
-            num_items, self.feature_dims, backbone_ladder[-1], config.use_id_table, config.trainable_features
+            num_items,
+            self.feature_dims,
+            backbone_ladder[-1],
+            config.use_id_table,
+            config.trainable_features,
+            self.categorical,
+            config.categorical_dim,
+            config.categorical_pooling,
         )
-        self.projector = Projector(backbone_ladder, sum(self.feature_dims.values()), config.projector_hidden)
+        in_features = sum(self.feature_dims.values()) + len(self.categorical) * config.categorical_dim
+        self.projector = Projector(backbone_ladder, in_features, config.projector_hidden)
         self.input_dropout = nn.Dropout(config.backbone.dropout)
         self.backbone = build_backbone(config.backbone, config.width)
         self.register_buffer("item_ids", torch.arange(num_items + 1), persistent=False)
@@ -144,9 +176,16 @@ class MatryoshkaRecModel(nn.Module):
         """The sizes this model scores."""
         return self.config.ladder
 
-    def load_item_features(self, features: dict[str, torch.Tensor]) -> None:
-        """Copy one (N+1, F) table per modality into the torchrec tables."""
+    def load_item_features(self, features: dict[str, torch.Tensor], categorical: dict | None = None) -> None:
+        """Copy one (N+1, F) table per dense modality into the torchrec tables, and the categorical
+        fields' bags (``recsys.data.CategoryBags`` per field) when the model has them."""
         self.tables.load_features(features)
+        if self.categorical:
+            if categorical is None:
+                raise ValueError(
+                    f"the model has categorical fields {sorted(self.categorical)}: pass their bags"
+                )
+            self.tables.load_categorical(categorical)
 
     def item_embeddings(self) -> torch.Tensor:
         """(N+1, D): every catalog item through tables + projector; row 0 (padding) is zero.
@@ -215,7 +254,7 @@ class MatryoshkaRecModel(nn.Module):
         ladder = truncate_ladder(self.ladder, d)
         backbone = self.backbone.slice(d)
         config = dataclasses.replace(self.config, ladder=ladder, backbone=backbone.config)
-        small = MatryoshkaRecModel(config, self.num_items, self.feature_dims)
+        small = MatryoshkaRecModel(config, self.num_items, self.feature_dims, self.categorical)
         width = backbone.config.width  # the item embeddings' width: what the backbone reads
         state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
         for name in ("tables", "projector"):
@@ -233,6 +272,7 @@ class MatryoshkaRecModel(nn.Module):
             "config": self.config.to_dict(),
             "num_items": self.num_items,
             "feature_dims": self.feature_dims,
+            "categorical": self.categorical,
         }
         (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
@@ -241,6 +281,11 @@ class MatryoshkaRecModel(nn.Module):
         """Inverse of :meth:`save`."""
         directory = Path(directory)
         meta = json.loads((directory / CONFIG_FILE).read_text())
-        model = cls(ModelConfig.from_dict(meta["config"]), meta["num_items"], meta["feature_dims"])
+        model = cls(
+            ModelConfig.from_dict(meta["config"]),
+            meta["num_items"],
+            meta["feature_dims"],
+            meta.get("categorical"),
+        )
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE), device=str(map_location)))
         return model.to(map_location)

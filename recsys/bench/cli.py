@@ -10,6 +10,8 @@ Suites:
 - ``serving``, ``scale``: run ``python -m benchmarks.serving`` / ``benchmarks.scale`` from a source
   checkout (arguments after ``--`` are passed on, e.g. ``recsys-bench serving -- --run-dir RUN``);
   they write their own result files (benchmarks/results/serving.md, scale.{md,json,png}).
+- ``quality``: trains named recipes over >= 3 seeds, nested and independent, and reports test
+  metrics at every size as mean +- std (``recsys/bench/quality.py``; ``recsys-bench quality --help``).
 
 ``--compare REF`` checks REF out into a temporary git worktree and runs every measurement of the
 suite in both trees, interleaved (this tree, REF, this tree, REF, ...), each in its own process;
@@ -55,7 +57,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawTextHelpFormatter,
     )
-    parser.add_argument("suite", choices=[*suites.MEASURED, *SCRIPTS])
+    parser.add_argument("suite", choices=[*suites.MEASURED, *SCRIPTS, "quality"])
     parser.add_argument("--quick", action="store_true", help="D=1024 only, fewer steps/passes")
     parser.add_argument(
         "--compare", metavar="GIT_REF", help="also measure GIT_REF, interleaved, and report ratios"
@@ -125,6 +127,12 @@ def run_script(suite: str, quick: bool, extra: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["quality"]:  # its own options (recipes, seeds, modes): recsys/bench/quality.py
+        from recsys.bench import quality
+
+        quality.main(argv[1:])
+        return
     args, extra = parse_args(argv)
     if args.suite in SCRIPTS:
         if args.compare:

@@ -146,6 +146,9 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class LRU(nn.Module):
     """One linear recurrent unit (B, L, D) -> (B, L, D); state size D complex, nested."""
 
+    # elementwise recurrence parameters: exempt from weight decay under trainer.no_decay=[recurrence]
+    no_decay_parameters = ("nu_log", "theta_log", "gamma_log", "skip")
+
     def __init__(
         self, ladder: tuple[int, ...], r_min: float = 0.0, r_max: float = 0.1, max_phase: float = 2 * math.pi
     ):

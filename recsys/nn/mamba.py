@@ -238,6 +238,9 @@ class SelectionProjection(nn.Module):
 class NestedMamba(nn.Module):
     """One nested Mamba mixer (B, L, D) -> (B, L, D); see the module docstring."""
 
+    # state-space parameters exempt from weight decay under trainer.no_decay=[recurrence]
+    no_decay_parameters = ("A_log", "D")
+
     def __init__(
         self,
         ladder: tuple[int, ...],

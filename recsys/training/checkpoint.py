@@ -189,4 +189,5 @@ def restore_training_state(
         "step": ckpt["step"],
         "val_history": ckpt["val_history"],
         "nonfinite_steps": int(ckpt.get("nonfinite_steps", 0)),
+        "seconds_before": float(ckpt.get("train_seconds", 0.0)),
     }

@@ -191,13 +191,15 @@ class ShardedModel:
     ``parameters``: this rank's trainable parameters in the single-process ``parameters()`` order:
     the replicated dense ones and this rank's non-empty shards of trainable tables (frozen tables
     are left out); hand them to the trainer's optimiser. ``sharded``: the subset held as disjoint
-    shards (not all-reduced: their squared gradient norms add up over ranks).
+    shards (not all-reduced: their squared gradient norms add up over ranks). ``names``: the
+    single-process name (``model.named_parameters()``) of each of ``parameters``.
     """
 
     dmp: nn.Module
     plan: Any
     parameters: list[nn.Parameter]
     sharded: list[nn.Parameter]
+    names: list[str]
 
     @property
     def table_sharding(self) -> dict[str, str]:
@@ -219,6 +221,12 @@ def shard_model(
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.types import ShardingEnv
 
+    if getattr(model.tables, "categories", None) is not None:
+        raise NotImplementedError(
+            "model.modalities includes 'categorical': its per-field tables are not sharded yet (under torchrun "
+            "the full-state gather reads item rows, not vocabulary rows). Train it in one process, or leave "
+            "'categorical' out of model.modalities"
+        )
     full = {k: v.detach().clone() for k, v in model.state_dict().items()}
     sharder = _sharder()
     pg = dist.group.WORLD
@@ -247,7 +255,8 @@ def shard_model(
     if set(trainable) - set(named):
         raise RuntimeError(f"parameters lost by sharding: {sorted(set(trainable) - set(named))}")
     kinds = plan_summary(plan)
-    params = [named[n] for n in trainable if named[n].numel() > 0]  # frozen tables stay out
+    kept = [n for n in trainable if named[n].numel() > 0]  # frozen tables stay out
+    params = [named[n] for n in kept]
     sharded = [  # table shards (model.tables.<ebc>.embedding_bags.<table>.weight), not data_parallel copies
         named[n]
         for n in trainable
@@ -255,7 +264,7 @@ def shard_model(
         and named[n].numel() > 0
         and kinds.get(n.split(".")[-2], "data_parallel") != "data_parallel"
     ]
-    return ShardedModel(dmp, plan, params, sharded)
+    return ShardedModel(dmp, plan, params, sharded, [n.removeprefix("model.") for n in kept])
 
 
 def _ddp_modules(dmp: nn.Module) -> list[nn.parallel.DistributedDataParallel]:

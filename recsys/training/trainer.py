@@ -60,6 +60,7 @@ from recsys.training.distributed import (
     shard_model,
 )
 from recsys.training.early_stopping import EarlyStopping
+from recsys.training.param_groups import decay_groups, parameter_kinds
 from recsys.training.precision import autocast_dtype
 from recsys.training.tensorboard import NullLogger, TensorBoardLogger
 
@@ -114,6 +115,7 @@ class Trainer:
         self.dataset = dataset if dataset is not None else build_dataset(cfg)
         validate_for_dataset(cfg, self.dataset.num_items)
         self.model: MatryoshkaRecModel = build_model(cfg, self.dataset).to(self.device)
+        self.parameter_kinds = parameter_kinds(self.model)  # before sharding renames the tables' modules
         if tcfg.compile and self.device.type == "cuda":
             # in place (parameter names unchanged) and before sharding: every run compiles the same modules
             self.model.projector.compile()
@@ -127,10 +129,19 @@ class Trainer:
             self.sharded = shard_model(self.model, self.loss, self.env, tcfg.sharding)
             self.dmp, self.sharding_plan = self.sharded.dmp, self.sharded.table_sharding
             log.info("rank %d/%d: table sharding %s", self.env.rank, self.env.world_size, self.sharding_plan)
-            params = self.sharded.parameters  # dense replicas + this rank's table shards: one optimiser
+            # dense replicas + this rank's table shards: one optimiser
+            named = list(zip(self.sharded.names, self.sharded.parameters))
         else:
-            params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = instantiate(tcfg.optimizer)(params)
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = decay_groups(
+            named,
+            self.parameter_kinds,
+            list(tcfg.get("no_decay", [])),
+            float(tcfg.optimizer.get("weight_decay", 0.0)),
+        )
+        self.optimizer = instantiate(tcfg.optimizer)(
+            [{k: v for k, v in g.items() if k != "kinds"} for g in groups]
+        )
         self.sizes = effective_ladder(cfg.model)
         self.ks = tuple(cfg.eval.ks)
         self.batches_per_epoch = self.dataset.num_train_batches(tcfg.batch_size)
@@ -144,6 +155,8 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.val_history: list[dict[str, Any]] = []
         self.nonfinite_steps = 0  # steps skipped for a NaN/inf loss or gradient norm
+        # wall time of fit (training + validation), over every resumed part: checkpoints carry it
+        self.seconds_before, self._fit_started = 0.0, None
         self.tb = (
             TensorBoardLogger(self.run_dir / "tb", self.sizes, self.ks) if self.env.is_main else NullLogger()
         )
@@ -186,6 +199,11 @@ class Trainer:
             f"{self.total_steps:,} steps ({self.cfg.trainer.max_epochs} epochs x {self.batches_per_epoch})"
         )
 
+    def train_seconds(self) -> float:
+        """Wall seconds spent in :meth:`fit` so far (training and validation), resumed parts included."""
+        now = time.perf_counter()
+        return self.seconds_before + (now - self._fit_started if self._fit_started is not None else 0.0)
+
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, name: str) -> Path:
         progress = {
@@ -195,6 +213,7 @@ class Trainer:
             "val_history": self.val_history,
             "nonfinite_steps": self.nonfinite_steps,
             "sizes": list(self.sizes),
+            "train_seconds": self.train_seconds(),
         }
         state = training_state(
             self.model, self.optimizer, self.scheduler, self.early_stopping, progress, self.cfg, self.env
@@ -243,7 +262,14 @@ class Trainer:
         self.tb.log_eval("validation", self.step, results)
         stopper = self.early_stopping
         value = stopper.monitored(results)
-        self.val_history.append({"step": self.step, "epoch": self.epoch, "value": value})
+        self.val_history.append(
+            {
+                "step": self.step,
+                "epoch": self.epoch,
+                "value": value,
+                "seconds": round(self.train_seconds(), 3),
+            }
+        )
         improved = stopper.update(value, self.step)
         log.info(
             "step %d validation %s (%s) @d%d = %.4f (best %.4f at step %d)",
@@ -344,6 +370,7 @@ class Trainer:
         )
         plain_every = max(1, self.total_steps // 20) if show and not interactive else 0
         start, start_step = time.perf_counter(), self.step
+        self._fit_started = start
         t0, seen = time.perf_counter(), 0
         try:
             while self.epoch < tcfg.max_epochs:
@@ -396,6 +423,7 @@ class Trainer:
             return "max_epochs"
         finally:
             bar.close()
+            self.seconds_before, self._fit_started = self.train_seconds(), None  # the clock stops with fit
 
     # ------------------------------------------------------------------ end of run
     def test_best(self) -> dict[str, SizeMetrics]:
@@ -421,6 +449,11 @@ class Trainer:
                 "monitor": f"{stopper.monitor}@d{stopper.size}",
                 "best_step": stopper.best_step,
                 "best_validation_value": stopper.best_value,
+                # wall seconds of training + validation: until the best checkpoint's validation, and in all
+                "best_seconds": next(
+                    (v.get("seconds") for v in self.val_history if v["step"] == stopper.best_step), None
+                ),
+                "train_seconds": round(self.train_seconds(), 3),
                 "validation": jsonable_metrics(results["validation"]),
                 "test": jsonable_metrics(results["test"]),
             },

@@ -1,0 +1,465 @@
+"""``recsys-bench quality``: test metrics at every size, mean +- std over seeds, for named recipes.
+
+Each (recipe, mode, seed) is one ``recsys-train`` run in its own process, written to
+``RUNS/<dataset>/<recipe>/<mode>/seed<S>/`` (``--runs``, default ``build/quality``); a run whose
+``metrics.json`` exists with the same command is reused, so a killed suite resumes where it stopped.
+``mode`` is ``nested`` (one run, the whole ladder) or ``independent`` (``model.independent=true``:
+one model per size, same recipe, each early-stopped on its own validation).
+
+The report (``quality.{md,json,png}`` in ``--out``, default benchmarks/results) gives, for every
+recipe and mode, NDCG@10 and Recall@10 under both protocols (all items; unseen items only) as
+mean +- std over the seeds at every size, the wall time to the best checkpoint and in total
+(training + validation; independent: summed over its sizes), nested / independent per size, and
+the issue's targets with met / missed. The plot draws metric vs size (log2 x axis, error bars =
+std over seeds) for every recipe and mode.
+
+Recipes are Hydra overrides on top of an experiment (:data:`RECIPES`); ``--recipe NAME=OVERRIDES``
+adds one on the command line (``--recipe wide_ring="backbone.r_min=0.5 backbone.r_max=0.95"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys.bench import machine
+
+ROOT = Path(__file__).resolve().parents[2]
+METRICS = ("ndcg@10", "recall@10", "unseen/ndcg@10", "unseen/recall@10")
+EXPERIMENTS = {"ml-100k": "demo", "ml-1m": "ml1m_cpu"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named set of Hydra overrides on the dataset's experiment; ``doc`` says what it changes."""
+
+    name: str
+    overrides: tuple[str, ...]
+    doc: str
+
+
+# The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets;
+# the others each change one thing of it (the ablations of docs/model.md), or reproduce a
+# reference configuration.
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        Recipe("default", (), "the experiment as shipped (`make demo` on ML-100K)"),
+        Recipe(
+            "text_only",
+            (
+                "model.use_id_table=false",
+                "backbone.num_blocks=2",
+                "backbone.ffn_multiplier=1",
+                "backbone.dropout=0.2",
+                "trainer.batch_size=32",
+                "trainer.max_epochs=50",
+                "trainer.patience=10",
+                "trainer.warmup_steps=100",
+            ),
+            "the issue's text-only recipe: no ID table, 2 LRU blocks, FFN x1, batch 32, patience 10",
+        ),
+        Recipe("decay_all", ("trainer.no_decay=[]",), "weight decay on every parameter (the old default)"),
+        Recipe(
+            "no_decay_norm_bias_rec",
+            ("trainer.no_decay=[bias,norm,recurrence]",),
+            "no weight decay on norms, biases and LRU nu/theta/gamma/skip",
+        ),
+        Recipe(
+            "no_decay_all_but_weights",
+            ("trainer.no_decay=[bias,norm,recurrence,embedding]",),
+            "weight decay on linear weights only (also not on the item-ID table)",
+        ),
+        Recipe(
+            "ring_0_0.1",
+            ("backbone.r_min=0.0", "backbone.r_max=0.1"),
+            "LRU ring |lambda| in [0, 0.1] (published)",
+        ),
+        Recipe("ring_0_0.5", ("backbone.r_min=0.0", "backbone.r_max=0.5"), "LRU ring |lambda| in [0, 0.5]"),
+        Recipe(
+            "ring_0.5_0.95", ("backbone.r_min=0.5", "backbone.r_max=0.95"), "LRU ring |lambda| in [0.5, 0.95]"
+        ),
+        Recipe("ring_0.9_0.999", ("backbone.r_min=0.9", "backbone.r_max=0.999"), "LRU ring of the LRU paper"),
+        Recipe("stride_50", ("data.train_stride=50",), "non-overlapping 50-item windows"),
+        Recipe(
+            "stride_25_5ep",
+            ("data.train_stride=25", "trainer.max_epochs=5"),
+            "windows every 25 targets (>= 25 items of history each, 2x the windows) for half the epochs: equal wall time",
+        ),
+        Recipe(
+            "stride_10",
+            ("data.train_stride=10",),
+            "windows every 10 targets: each target sees >= 40 items of history (5x the windows)",
+        ),
+        Recipe("features_raw", ("model.feature_transform=none",), "frozen text features as encoded"),
+        Recipe(
+            "features_center", ("model.feature_transform=center",), "text features centred over the catalog"
+        ),
+        Recipe(
+            "features_whiten",
+            ("model.feature_transform=whiten",),
+            "text features ZCA-whitened over the catalog",
+        ),
+        Recipe(
+            "categorical",
+            ("model.modalities=[text,categorical]",),
+            "+ genres and year through a torchrec EBC",
+        ),
+        Recipe("no_categorical", ("model.modalities=[text]",), "text features only (no genre/year tables)"),
+        Recipe("epochs_20", ("trainer.max_epochs=20", "trainer.patience=5"), "20 epochs, patience 5"),
+        Recipe("ffn_2", ("backbone.ffn_multiplier=2",), "FFN width 2x"),
+        Recipe("blocks_2", ("backbone.num_blocks=2",), "2 LRU blocks"),
+        Recipe("dropout_0.3", ("backbone.dropout=0.3",), "dropout 0.3"),
+    )
+}
+QUICK_OVERRIDES = ("trainer.max_epochs=2", "model.ladder=[8,16,32,64]", "model.width=64")
+
+# Reference figures of the issue (ML-100K, same split): the text-only recipe's target row (mean of 3
+# seeds of the published code's protocol) and a stock RecBole 1.2.1 SASRec at 64 dimensions.
+TEXT_ONLY_TARGET = {8: 0.0305, 16: 0.0383, 32: 0.0450, 64: 0.0480, 128: 0.0607, 256: 0.0666}
+SASREC = {"ndcg@10": (0.0643, 0.0595), "unseen/ndcg@10": (0.1109, 0.1009)}  # seeds 42, 43
+SASREC_MINUTES = (21, 33)
+
+
+@dataclass
+class RunSpec:
+    dataset: str
+    recipe: Recipe
+    mode: str  # nested | independent
+    seed: int
+    extra: tuple[str, ...] = ()
+    directory: Path = field(default=Path())
+
+    def command(self) -> list[str]:
+        args = [
+            f"experiment={EXPERIMENTS[self.dataset]}",
+            *self.recipe.overrides,
+            *self.extra,
+            f"seed={self.seed}",
+            f"run_dir={self.directory}",
+            "trainer.progress=false",
+        ]
+        if self.mode == "independent":
+            args.append("model.independent=true")
+        return [sys.executable, "-m", "recsys.training.cli", *args]
+
+
+def _run_one(spec: RunSpec, threads: int, log) -> dict[str, Any]:
+    """Train (or reuse) one run; return its metrics.json plus the seconds this call took."""
+    spec.directory.mkdir(parents=True, exist_ok=True)
+    cmd = spec.command()
+    stamp = spec.directory / "bench_command.json"
+    metrics_path = spec.directory / "metrics.json"
+    if metrics_path.is_file() and stamp.is_file() and json.loads(stamp.read_text())["args"] == cmd[1:]:
+        log(f"  reuse {spec.directory}")
+        return json.loads(metrics_path.read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log(f"  run   {spec.recipe.name}/{spec.mode}/seed{spec.seed}")
+    start = time.perf_counter()
+    with open(spec.directory / "bench_stdout.log", "w") as out:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not metrics_path.is_file():
+        tail = (spec.directory / "bench_stdout.log").read_text()[-3000:]
+        raise RuntimeError(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
+    stamp.write_text(json.dumps({"args": cmd[1:], "process_seconds": round(time.perf_counter() - start, 3)}))
+    return json.loads(metrics_path.read_text())
+
+
+def run_times(metrics: dict[str, Any], directory: Path) -> tuple[float, float]:
+    """(seconds to the best checkpoint, seconds in all) of a run; independent: summed over sizes."""
+    if metrics.get("independent"):
+        best = total = 0.0
+        for d in metrics["sizes"]:
+            sub = json.loads((directory / f"d{int(d):04d}" / "metrics.json").read_text())
+            best += sub.get("best_seconds") or 0.0
+            total += sub.get("train_seconds") or 0.0
+        return best, total
+    return float(metrics.get("best_seconds") or 0.0), float(metrics.get("train_seconds") or 0.0)
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+        "n": len(values),
+        "values": values,
+    }
+
+
+def aggregate(runs: list[tuple[RunSpec, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """{"recipe/mode": {"sizes", "metrics": {metric: {size: stats}}, "best_seconds", "train_seconds"}}."""
+    groups: dict[str, list[tuple[RunSpec, dict[str, Any]]]] = {}
+    for spec, metrics in runs:
+        groups.setdefault(f"{spec.recipe.name}/{spec.mode}", []).append((spec, metrics))
+    out = {}
+    for key, members in groups.items():
+        sizes = [int(d) for d in members[0][1]["sizes"]]
+        table = {
+            m: {d: _stats([float(r["test"][str(d)][m]) for _, r in members]) for d in sizes} for m in METRICS
+        }
+        times = [run_times(r, s.directory) for s, r in members]
+        out[key] = {
+            "recipe": members[0][0].recipe.name,
+            "mode": members[0][0].mode,
+            "doc": members[0][0].recipe.doc,
+            "overrides": list(members[0][0].recipe.overrides),
+            "seeds": [s.seed for s, _ in members],
+            "sizes": sizes,
+            "metrics": table,
+            "best_seconds": _stats([t[0] for t in times]),
+            "train_seconds": _stats([t[1] for t in times]),
+            "best_steps": [r.get("best_step") for _, r in members],
+        }
+    return out
+
+
+def targets(summary: dict[str, dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
+    """The issue's quality targets that this summary can judge: one row each, with met / missed."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float, target: float, detail: str) -> None:
+        rows.append(
+            {"target": name, "value": value, "goal": target, "met": value >= target, "detail": detail}
+        )
+
+    if dataset == "ml-100k" and "text_only/nested" in summary:
+        s = summary["text_only/nested"]["metrics"]["ndcg@10"]
+        for d, goal in TEXT_ONLY_TARGET.items():
+            if d in s:
+                add(f"text-only recipe NDCG@10 d={d}", s[d]["mean"], goal, "mean over seeds, all items")
+    default = summary.get("default/nested")
+    if dataset == "ml-100k" and default:
+        for metric, (a, b) in SASREC.items():
+            ref = (a + b) / 2
+            for d in default["sizes"]:
+                if d >= 64:
+                    add(
+                        f"default {metric} d={d} vs stock SASRec",
+                        default["metrics"][metric][d]["mean"],
+                        ref,
+                        f"SASRec d=64, mean of seeds 42/43 ({a:.4f}, {b:.4f})",
+                    )
+            if 32 in default["sizes"]:
+                add(
+                    f"default {metric} d=32 >= 0.95 x SASRec",
+                    default["metrics"][metric][32]["mean"],
+                    0.95 * ref,
+                    "0.95 x the stock SASRec",
+                )
+    independent = summary.get("default/independent")
+    if default and independent:
+        for metric in ("ndcg@10", "unseen/ndcg@10"):
+            for d in default["sizes"]:
+                if d in independent["sizes"]:
+                    n, i = default["metrics"][metric][d]["mean"], independent["metrics"][metric][d]["mean"]
+                    add(
+                        f"nested / independent {metric} d={d}",
+                        n / i if i else 0.0,
+                        0.98,
+                        f"{n:.4f} / {i:.4f}",
+                    )
+        add(
+            "independent time / nested time",
+            independent["train_seconds"]["mean"] / max(default["train_seconds"]["mean"], 1e-9),
+            2.0,
+            "sum of independent runs' wall time over the nested run's (goal >= 2)",
+        )
+    if dataset == "ml-1m" and default:
+        s = default["metrics"]["ndcg@10"]
+        for d, goal in ((256, 0.13), (8, 0.05)):
+            if d in s:
+                add(f"ML-1M reduced NDCG@10 d={d}", s[d]["mean"], goal, "within 60 minutes")
+    return rows
+
+
+def _cell(st: dict[str, float]) -> str:
+    return f"{st['mean']:.4f} ± {st['std']:.4f}"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    summary, info = doc["summary"], doc["machine"]
+    lines = [
+        f"# Quality at every size ({doc['dataset']}{', quick' if doc['quick'] else ''})",
+        "",
+        f"Test metrics of the best-validation checkpoint, mean ± std over seeds {doc['seeds']} "
+        "(full ranking; `all` = every catalog item, `unseen` = items the user has not interacted with "
+        "left in the ranking, as serving does). Wall time: training + validation, to the best checkpoint "
+        f"and in all (independent: summed over its sizes); {doc['jobs']} run(s) at a time, "
+        f"{doc['threads']} thread(s) each.",
+        "",
+        f"- Command: `{doc['command']}`",
+        f"- Commit: `{info['git']['commit']}`" + (" (dirty working tree)" if info["git"]["dirty"] else ""),
+        f"- CPU: {info['cpu']['model']}, {info['cpu']['usable_cpus']} usable CPUs; GPU: "
+        f"{', '.join(info['gpu']) or 'none'}",
+        "",
+        "## Recipes",
+        "",
+        "| recipe | what it changes | overrides |",
+        "| --- | --- | --- |",
+    ]
+    seen: set[str] = set()
+    for row in summary.values():
+        if row["recipe"] not in seen:
+            seen.add(row["recipe"])
+            lines.append(f"| {row['recipe']} | {row['doc']} | `{' '.join(row['overrides']) or '-'}` |")
+    for metric in METRICS:
+        sizes = sorted({d for row in summary.values() for d in row["sizes"]})
+        lines += [
+            "",
+            f"## Test {metric}",
+            "",
+            "| recipe / mode | " + " | ".join(f"d={d}" for d in sizes) + " | to best (s) | total (s) |",
+            "| --- |" + " ---: |" * (len(sizes) + 2),
+        ]
+        for key, row in summary.items():
+            cells = [_cell(row["metrics"][metric][d]) if d in row["sizes"] else "-" for d in sizes]
+            lines.append(
+                f"| {key} | "
+                + " | ".join(cells)
+                + f" | {row['best_seconds']['mean']:.0f} | {row['train_seconds']['mean']:.0f} |"
+            )
+    if doc["targets"]:
+        lines += [
+            "",
+            "## Targets",
+            "",
+            "| target | measured | goal | met | detail |",
+            "| --- | ---: | ---: | --- | --- |",
+        ]
+        for t in doc["targets"]:
+            lines.append(
+                f"| {t['target']} | {t['value']:.4f} | {t['goal']:.4f} | {'yes' if t['met'] else '**no**'} | {t['detail']} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(doc: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recsys.evaluation.reporting import size_axis
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    sizes = sorted({d for row in doc["summary"].values() for d in row["sizes"]})
+    for ax, metric in zip(axes, ("ndcg@10", "unseen/ndcg@10")):
+        for key, row in doc["summary"].items():
+            st = row["metrics"][metric]
+            ax.errorbar(
+                row["sizes"],
+                [st[d]["mean"] for d in row["sizes"]],
+                yerr=[st[d]["std"] for d in row["sizes"]],
+                marker="o",
+                capsize=3,
+                label=key,
+                linestyle="--" if row["mode"] == "independent" else "-",
+            )
+        if metric == "ndcg@10" and doc["dataset"] == "ml-100k" and "text_only/nested" in doc["summary"]:
+            ax.plot(list(TEXT_ONLY_TARGET), list(TEXT_ONLY_TARGET.values()), "k:", label="text-only target")
+        if doc["dataset"] == "ml-100k" and metric in SASREC:
+            ax.axhline(sum(SASREC[metric]) / 2, color="grey", linewidth=1, label="stock SASRec d=64")
+        size_axis(ax, sizes, f"test {metric} (mean ± std over seeds)", legend_size=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="recsys-bench quality", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", choices=list(EXPERIMENTS), default="ml-100k")
+    parser.add_argument(
+        "--recipes", nargs="+", help=f"recipe names (default: default); known: {', '.join(RECIPES)}"
+    )
+    parser.add_argument(
+        "--recipe", action="append", default=[], metavar="NAME=OVERRIDES", help="an extra recipe"
+    )
+    parser.add_argument("--modes", nargs="+", choices=["nested", "independent"], default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--quick", action="store_true", help="2 epochs, ladder 8..64: minutes, not hours")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (wall times then share the CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (default CPUs / jobs)"
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=ROOT / "build" / "quality", help="run directories (resumable)"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    parser.add_argument("--name", default="quality", help="result file stem (default quality)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE", help="overrides for every run")
+    args = parser.parse_args(argv)
+    if len(args.seeds) < 1 or args.jobs < 1:
+        parser.error("--seeds needs at least one seed and --jobs must be >= 1")
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    recipes = dict(RECIPES)
+    for item in args.recipe:
+        name, _, overrides = item.partition("=")
+        if not name or not overrides:
+            raise SystemExit(f"--recipe {item!r}: expected NAME=OVERRIDES")
+        recipes[name] = Recipe(name, tuple(shlex.split(overrides)), f"command line: {overrides}")
+    names = args.recipes or ["default", *[i.partition("=")[0] for i in args.recipe]]
+    unknown = [n for n in names if n not in recipes]
+    if unknown:
+        raise SystemExit(f"unknown recipes {unknown}; known: {', '.join(recipes)}")
+    modes = args.modes or (["nested", "independent"] if names == ["default"] else ["nested"])
+    threads = args.threads or max(1, machine.cpu_info()["usable_cpus"] // args.jobs)
+    extra = (*(QUICK_OVERRIDES if args.quick else ()), *args.set)
+    root = args.runs / (args.dataset + ("-quick" if args.quick else ""))
+    specs = [
+        RunSpec(args.dataset, recipes[n], mode, seed, extra, root / n / mode / f"seed{seed}")
+        for n in names
+        for mode in modes
+        for seed in args.seeds
+    ]
+    print(
+        f"[quality] {len(specs)} runs ({args.jobs} at a time, {threads} thread(s) each) under {root}",
+        flush=True,
+    )
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda s: _run_one(s, threads, say), specs))
+    runs = list(zip(specs, results))
+    summary = aggregate(runs)
+    doc = {
+        "suite": "quality",
+        "dataset": args.dataset,
+        "quick": args.quick,
+        "seeds": args.seeds,
+        "jobs": args.jobs,
+        "threads": threads,
+        "extra_overrides": list(extra),
+        "command": "recsys-bench quality " + shlex.join(argv),
+        "machine": machine.describe(ROOT, threads, peaks=False),
+        "summary": {
+            k: {**v, "metrics": {m: {str(d): s for d, s in t.items()} for m, t in v["metrics"].items()}}
+            for k, v in summary.items()
+        },
+        "targets": targets(summary, args.dataset),
+        "runs": [
+            {"recipe": s.recipe.name, "mode": s.mode, "seed": s.seed, "dir": str(s.directory)} for s in specs
+        ],
+    }
+    out = args.out or (ROOT / "benchmarks" / "results")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = args.name
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
+    md_doc = {**doc, "summary": summary}
+    (out / f"{stem}.md").write_text(markdown(md_doc))
+    plot(md_doc, out / f"{stem}.png")
+    print((out / f"{stem}.md").read_text())
+    print(f"wrote {out / stem}.{{md,json,png}}")
