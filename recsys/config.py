@@ -44,9 +44,7 @@ class ModelSchema:
     projector_hidden: int = 0
     categorical_dim: int = 32  # width of each categorical field's table (modality "categorical")
     categorical_pooling: str = "mean"  # mean | sum over an item's values of one field
-    feature_transform: str = (
-        "none"  # none | center | whiten: frozen features over the catalog (recsys/data.py)
-    )
+    feature_transform: str = "whiten"  # none | center | whiten the frozen features (recsys/data.py)
     independent: bool = False  # baseline: one separate model per ladder size (recsys/training/independent.py)
 
 
@@ -67,8 +65,8 @@ class LRUSchema(BackboneSchema):
 
     _target_: str = "recsys.nn.lru.LRUConfig"
     ffn_multiplier: int = 4
-    r_min: float = 0.0  # ring init radii of the eigenvalues
-    r_max: float = 0.1
+    r_min: float = 0.5  # ring init radii of the eigenvalues (published code: 0.0, 0.1)
+    r_max: float = 0.95
 
 
 @dataclass

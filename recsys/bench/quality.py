@@ -14,7 +14,7 @@ the issue's targets with met / missed. The plot draws metric vs size (log2 x axi
 std over seeds) for every recipe and mode.
 
 Recipes are Hydra overrides on top of an experiment (:data:`RECIPES`); ``--recipe NAME=OVERRIDES``
-adds one on the command line (``--recipe wide_ring="backbone.r_min=0.5 backbone.r_max=0.95"``).
+adds one on the command line (``--recipe long_ring="backbone.r_min=0.95 backbone.r_max=0.999"``).
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ class Recipe:
     doc: str
 
 
-# The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets;
-# the others each change one thing of it (the ablations of docs/model.md), or reproduce a
-# reference configuration.
+# The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets
+# (LRU ring [0.5, 0.95], whitened text features since the ablations); the others each change one
+# thing of it (the ablations of docs/model.md), or reproduce a reference configuration.
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -69,7 +69,11 @@ RECIPES: dict[str, Recipe] = {
             ),
             "the issue's text-only recipe: no ID table, 2 LRU blocks, FFN x1, batch 32, patience 10",
         ),
-        Recipe("decay_all", ("trainer.no_decay=[]",), "weight decay on every parameter (the old default)"),
+        Recipe(
+            "published_init",
+            ("backbone.r_min=0.0", "backbone.r_max=0.1", "model.feature_transform=none"),
+            "the default before the ablations: LRU ring [0, 0.1] as published, raw text features",
+        ),
         Recipe(
             "no_decay_norm_bias_rec",
             ("trainer.no_decay=[bias,norm,recurrence]",),
@@ -87,7 +91,7 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe("ring_0_0.5", ("backbone.r_min=0.0", "backbone.r_max=0.5"), "LRU ring |lambda| in [0, 0.5]"),
         Recipe(
-            "ring_0.5_0.95", ("backbone.r_min=0.5", "backbone.r_max=0.95"), "LRU ring |lambda| in [0.5, 0.95]"
+            "ring_0.8_0.99", ("backbone.r_min=0.8", "backbone.r_max=0.99"), "LRU ring |lambda| in [0.8, 0.99]"
         ),
         Recipe("ring_0.9_0.999", ("backbone.r_min=0.9", "backbone.r_max=0.999"), "LRU ring of the LRU paper"),
         Recipe("stride_50", ("data.train_stride=50",), "non-overlapping 50-item windows"),
@@ -104,11 +108,6 @@ RECIPES: dict[str, Recipe] = {
         Recipe("features_raw", ("model.feature_transform=none",), "frozen text features as encoded"),
         Recipe(
             "features_center", ("model.feature_transform=center",), "text features centred over the catalog"
-        ),
-        Recipe(
-            "features_whiten",
-            ("model.feature_transform=whiten",),
-            "text features ZCA-whitened over the catalog",
         ),
         Recipe(
             "categorical",
@@ -133,7 +132,7 @@ SASREC_MINUTES = (21, 33)
 
 @dataclass
 class RunSpec:
-    dataset: str
+    experiment: str
     recipe: Recipe
     mode: str  # nested | independent
     seed: int
@@ -142,7 +141,7 @@ class RunSpec:
 
     def command(self) -> list[str]:
         args = [
-            f"experiment={EXPERIMENTS[self.dataset]}",
+            f"experiment={self.experiment}",
             *self.recipe.overrides,
             *self.extra,
             f"seed={self.seed}",
@@ -379,6 +378,7 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="recsys-bench quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=list(EXPERIMENTS), default="ml-100k")
+    parser.add_argument("--experiment", help="the experiment the recipes start from (default: the dataset's)")
     parser.add_argument(
         "--recipes", nargs="+", help=f"recipe names (default: default); known: {', '.join(RECIPES)}"
     )
@@ -412,16 +412,21 @@ def main(argv: list[str]) -> None:
         if not name or not overrides:
             raise SystemExit(f"--recipe {item!r}: expected NAME=OVERRIDES")
         recipes[name] = Recipe(name, tuple(shlex.split(overrides)), f"command line: {overrides}")
-    names = args.recipes or ["default", *[i.partition("=")[0] for i in args.recipe]]
+    extras = [i.partition("=")[0] for i in args.recipe]
+    names = [
+        *(args.recipes or ([] if extras else ["default"])),
+        *[e for e in extras if e not in (args.recipes or [])],
+    ]
     unknown = [n for n in names if n not in recipes]
     if unknown:
         raise SystemExit(f"unknown recipes {unknown}; known: {', '.join(recipes)}")
     modes = args.modes or (["nested", "independent"] if names == ["default"] else ["nested"])
     threads = args.threads or max(1, machine.cpu_info()["usable_cpus"] // args.jobs)
     extra = (*(QUICK_OVERRIDES if args.quick else ()), *args.set)
-    root = args.runs / (args.dataset + ("-quick" if args.quick else ""))
+    experiment = args.experiment or EXPERIMENTS[args.dataset]
+    root = args.runs / ((args.experiment or args.dataset) + ("-quick" if args.quick else ""))
     specs = [
-        RunSpec(args.dataset, recipes[n], mode, seed, extra, root / n / mode / f"seed{seed}")
+        RunSpec(experiment, recipes[n], mode, seed, extra, root / n / mode / f"seed{seed}")
         for n in names
         for mode in modes
         for seed in args.seeds
@@ -438,6 +443,7 @@ def main(argv: list[str]) -> None:
     doc = {
         "suite": "quality",
         "dataset": args.dataset,
+        "experiment": experiment,
         "quick": args.quick,
         "seeds": args.seeds,
         "jobs": args.jobs,

@@ -50,8 +50,10 @@ class LRUConfig(BackboneConfig):
 
     name: ClassVar[str] = "lru"
     ffn_multiplier: int = 4  # hidden width of the nested gated FFN = k * D
-    r_min: float = 0.0  # ring init radii of |lambda|, as in LRURec
-    r_max: float = 0.1
+    # ring init radii of |lambda|: [0.5, 0.95] measured best on ML-100K (docs/model.md, quality);
+    # the published LRURec/fMRLRec code uses [0, 0.1], a memory of two or three steps
+    r_min: float = 0.5
+    r_max: float = 0.95
 
     def checks(self) -> dict[str, bool]:
         radii = is_real(self.r_min) and is_real(self.r_max)
@@ -150,7 +152,7 @@ class LRU(nn.Module):
     no_decay_parameters = ("nu_log", "theta_log", "gamma_log", "skip")
 
     def __init__(
-        self, ladder: tuple[int, ...], r_min: float = 0.0, r_max: float = 0.1, max_phase: float = 2 * math.pi
+        self, ladder: tuple[int, ...], r_min: float = 0.5, r_max: float = 0.95, max_phase: float = 2 * math.pi
     ):
         super().__init__()
         width = ladder[-1]

@@ -219,7 +219,7 @@ def test_config_validation_names_the_field(field, value):
         ("num_blocks", 0),
         ("ffn_multiplier", 0),
         ("r_max", 1.0),
-        ("r_min", 0.5),
+        ("r_min", 0.95),
         ("ladder", (8, 4)),
         ("max_len", 0),
         ("dropout", "0.1"),
@@ -250,7 +250,7 @@ def test_backbone_config_gets_the_models_ladder_and_max_len():
 
 
 @pytest.mark.parametrize(
-    "backbone", [LRUConfig(r_max=0.3), MambaConfig(ffn=True, d_state=4), SASRecConfig(heads=2)]
+    "backbone", [LRUConfig(r_min=0.0, r_max=0.3), MambaConfig(ffn=True, d_state=4), SASRecConfig(heads=2)]
 )
 def test_config_round_trips_through_json_with_its_backbone_class(backbone):
     config = ModelConfig(ladder=(4, 8), backbone=backbone)

@@ -107,7 +107,10 @@ def test_overlapping_windows_score_every_target_once_with_long_history(stride):
 
 
 def test_dataset_windows_follow_the_stride(processed_dataset):
-    wide, narrow = SequenceDataset(processed_dataset, 8), SequenceDataset(processed_dataset, 8, train_stride=2)
+    wide, narrow = (
+        SequenceDataset(processed_dataset, 8),
+        SequenceDataset(processed_dataset, 8, train_stride=2),
+    )
     assert int((wide._train_targets != 0).sum()) == int((narrow._train_targets != 0).sum())
     assert narrow.num_train_windows > 2 * wide.num_train_windows
     with pytest.raises(ValueError, match="train_stride"):

@@ -1,0 +1,72 @@
+"""recsys-bench quality on the tiny experiment: real runs (nested and independent, two seeds),
+mean +- std per size, the resumable run folders, the report and the targets' arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+from support import write_processed_dataset
+
+from recsys.bench import cli, quality
+
+
+def test_quality_suite_runs_aggregates_and_resumes(tmp_path, capsys):
+    dataset = write_processed_dataset(tmp_path / "dataset")
+    argv = [
+        "quality",
+        "--experiment", "tiny",
+        "--seeds", "1", "2",
+        "--modes", "nested", "independent",
+        "--runs", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "out"),
+        "--set", "data.name=generic", f"data.path={dataset}", "trainer.max_epochs=1",
+    ]  # fmt: skip
+    cli.main(argv)
+    doc = json.loads((tmp_path / "out" / "quality.json").read_text())
+    nested, independent = doc["summary"]["default/nested"], doc["summary"]["default/independent"]
+    assert nested["sizes"] == independent["sizes"] == [4, 8, 16]
+    for row in (nested, independent):
+        for metric in quality.METRICS:
+            for d in ("4", "8", "16"):
+                st = row["metrics"][metric][d]
+                assert st["n"] == 2 and len(st["values"]) == 2
+                assert abs(st["mean"] - sum(st["values"]) / 2) < 1e-12
+        assert row["train_seconds"]["mean"] > 0
+    # the independent time is the sum over its sizes' runs
+    sub = [
+        json.loads(
+            (
+                tmp_path
+                / "runs"
+                / "tiny"
+                / "default"
+                / "independent"
+                / "seed1"
+                / f"d{d:04d}"
+                / "metrics.json"
+            ).read_text()
+        )
+        for d in (4, 8, 16)
+    ]
+    assert abs(independent["train_seconds"]["values"][0] - sum(s["train_seconds"] for s in sub)) < 1e-6
+    ratio = next(t for t in doc["targets"] if t["target"] == "nested / independent ndcg@10 d=16")
+    want = nested["metrics"]["ndcg@10"]["16"]["mean"] / independent["metrics"]["ndcg@10"]["16"]["mean"]
+    assert abs(ratio["value"] - want) < 1e-12 and ratio["met"] == (want >= 0.98)
+    md = (tmp_path / "out" / "quality.md").read_text()
+    assert "| default/nested |" in md and "±" in md and "## Targets" in md
+    assert (tmp_path / "out" / "quality.png").stat().st_size > 0
+    capsys.readouterr()
+    cli.main(argv)  # everything is reused: a killed suite resumes where it stopped
+    assert capsys.readouterr().out.count("  reuse ") == 4
+
+
+def test_stock_sasrec_targets_use_the_mean_of_its_seeds():
+    row = {
+        "sizes": [32, 64],
+        "metrics": {m: {32: {"mean": 0.06}, 64: {"mean": 0.07}} for m in quality.METRICS},
+    }
+    rows = {t["target"]: t for t in quality.targets({"default/nested": row}, "ml-100k")}
+    sasrec = rows["default ndcg@10 d=64 vs stock SASRec"]
+    assert abs(sasrec["goal"] - (0.0643 + 0.0595) / 2) < 1e-12 and sasrec["met"]
+    assert not rows["default unseen/ndcg@10 d=64 vs stock SASRec"]["met"]
+    assert rows["default ndcg@10 d=32 >= 0.95 x SASRec"]["met"]
