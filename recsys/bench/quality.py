@@ -385,7 +385,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--recipe", action="append", default=[], metavar="NAME=OVERRIDES", help="an extra recipe"
     )
-    parser.add_argument("--modes", nargs="+", choices=["nested", "independent"], default=None)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=["nested", "independent"],
+        default=None,
+        help="modes of every recipe (default: nested for all, and independent too for `default`)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--quick", action="store_true", help="2 epochs, ladder 8..64: minutes, not hours")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (wall times then share the CPU)")
@@ -420,7 +426,10 @@ def main(argv: list[str]) -> None:
     unknown = [n for n in names if n not in recipes]
     if unknown:
         raise SystemExit(f"unknown recipes {unknown}; known: {', '.join(recipes)}")
-    modes = args.modes or (["nested", "independent"] if names == ["default"] else ["nested"])
+
+    def modes(name: str) -> list[str]:
+        return args.modes or (["nested", "independent"] if name == "default" else ["nested"])
+
     threads = args.threads or max(1, machine.cpu_info()["usable_cpus"] // args.jobs)
     extra = (*(QUICK_OVERRIDES if args.quick else ()), *args.set)
     experiment = args.experiment or EXPERIMENTS[args.dataset]
@@ -428,7 +437,7 @@ def main(argv: list[str]) -> None:
     specs = [
         RunSpec(experiment, recipes[n], mode, seed, extra, root / n / mode / f"seed{seed}")
         for n in names
-        for mode in modes
+        for mode in modes(n)
         for seed in args.seeds
     ]
     print(
