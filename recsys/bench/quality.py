@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -119,6 +120,12 @@ RECIPES: dict[str, Recipe] = {
         Recipe("ffn_2", ("backbone.ffn_multiplier=2",), "FFN width 2x"),
         Recipe("blocks_2", ("backbone.num_blocks=2",), "2 LRU blocks"),
         Recipe("dropout_0.3", ("backbone.dropout=0.3",), "dropout 0.3"),
+        Recipe("lr_2e-3", ("trainer.optimizer.lr=0.002",), "learning rate 2e-3"),
+        Recipe(
+            "small_sizes_weighted",
+            ("loss.size_weights=[2,1.5,1,1,1,1]",),
+            "loss weights 2, 1.5 on d=8, 16 (ladder 8..256), 1 elsewhere",
+        ),
     )
 }
 QUICK_OVERRIDES = ("trainer.max_epochs=2", "model.ladder=[8,16,32,64]", "model.width=64")
@@ -153,15 +160,59 @@ class RunSpec:
         return [sys.executable, "-m", "recsys.training.cli", *args]
 
 
-def _run_one(spec: RunSpec, threads: int, log) -> dict[str, Any]:
-    """Train (or reuse) one run; return its metrics.json plus the seconds this call took."""
-    spec.directory.mkdir(parents=True, exist_ok=True)
+def resolved_config(spec: RunSpec) -> dict[str, Any]:
+    """The resolved configuration ``recsys-train`` composes for ``spec`` (what its config.yaml holds).
+
+    Composes through Hydra's global state: call from one thread only."""
+    from omegaconf import OmegaConf
+
+    from recsys.api import compose_config
+
+    return OmegaConf.to_container(compose_config(spec.command()[3:]), resolve=True)
+
+
+def _stale_keys(expected: dict[str, Any], saved: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configurations."""
+    if not isinstance(saved, dict):
+        return [prefix or "<root>"]
+    out = []
+    for key in sorted(set(expected) | set(saved)):
+        a, b = expected.get(key), saved.get(key)
+        name = f"{prefix}.{key}" if prefix else str(key)
+        out += _stale_keys(a, b, name) if isinstance(a, dict) else ([name] if a != b else [])
+    return out
+
+
+def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (or reuse) one run; return its metrics.json.
+
+    A finished run is reused when it was started with the same command and its saved config.yaml
+    equals ``expected`` (the configuration the command resolves to today: a changed default in
+    configs/ makes it stale). A stale run's folder is moved to ``<folder>.stale`` and trained anew."""
     cmd = spec.command()
     stamp = spec.directory / "bench_command.json"
     metrics_path = spec.directory / "metrics.json"
     if metrics_path.is_file() and stamp.is_file() and json.loads(stamp.read_text())["args"] == cmd[1:]:
-        log(f"  reuse {spec.directory}")
-        return json.loads(metrics_path.read_text())
+        saved_path = spec.directory / "config.yaml"
+        stale = []
+        if expected is not None:
+            from omegaconf import OmegaConf
+
+            saved = (
+                OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
+                if saved_path.is_file()
+                else None
+            )
+            stale = _stale_keys(expected, saved)
+        if not stale:
+            log(f"  reuse {spec.directory}")
+            return json.loads(metrics_path.read_text())
+        moved = spec.directory.with_name(spec.directory.name + ".stale")
+        if moved.exists():
+            shutil.rmtree(moved)
+        spec.directory.rename(moved)
+        log(f"  stale {spec.directory} (config differs at {', '.join(stale[:5])}): moved to {moved.name}")
+    spec.directory.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log(f"  run   {spec.recipe.name}/{spec.mode}/seed{spec.seed}")
@@ -446,7 +497,8 @@ def main(argv: list[str]) -> None:
     )
     say = lambda m: print(m, flush=True)  # noqa: E731
     with ThreadPoolExecutor(args.jobs) as pool:
-        results = list(pool.map(lambda s: _run_one(s, threads, say), specs))
+        expected = [resolved_config(s) for s in specs]  # Hydra composes in this thread only
+        results = list(pool.map(lambda s, e: _run_one(s, threads, say, e), specs, expected))
     runs = list(zip(specs, results))
     summary = aggregate(runs)
     doc = {

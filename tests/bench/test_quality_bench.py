@@ -58,6 +58,23 @@ def test_quality_suite_runs_aggregates_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     cli.main(argv)  # everything is reused: a killed suite resumes where it stopped
     assert capsys.readouterr().out.count("  reuse ") == 4
+    # a run whose saved configuration no longer matches what its command resolves to (a default
+    # changed in configs/) is stale: moved aside and trained again, never reused
+    run = tmp_path / "runs" / "tiny" / "default" / "nested" / "seed1"
+    saved = run / "config.yaml"
+    saved.write_text(saved.read_text().replace("max_epochs: 1", "max_epochs: 7"))
+    cli.main(argv)
+    out = capsys.readouterr().out
+    assert out.count("  reuse ") == 3 and "stale" in out and "trainer.max_epochs" in out
+    assert (run.with_name("seed1.stale") / "metrics.json").is_file()
+    assert "max_epochs: 1" in saved.read_text() and (run / "metrics.json").is_file()
+
+
+def test_stale_keys_name_every_difference():
+    expected = {"a": 1, "b": {"c": 2, "d": [1, 2]}}
+    assert quality._stale_keys(expected, expected) == []
+    assert quality._stale_keys(expected, {"a": 1, "b": {"c": 3, "d": [1, 2]}, "e": 0}) == ["b.c", "e"]
+    assert quality._stale_keys(expected, None) == ["<root>"]
 
 
 def test_stock_sasrec_targets_use_the_mean_of_its_seeds():
