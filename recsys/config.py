@@ -44,7 +44,7 @@ class ModelSchema:
     projector_hidden: int = 0
     categorical_dim: int = 32  # width of each categorical field's table (modality "categorical")
     categorical_pooling: str = "mean"  # mean | sum over an item's values of one field
-    feature_transform: str = "whiten"  # none | center | whiten the frozen features (recsys/data.py)
+    feature_transform: str = "none"  # none | center | whiten the frozen features (recsys/data.py)
     independent: bool = False  # baseline: one separate model per ladder size (recsys/training/independent.py)
 
 
