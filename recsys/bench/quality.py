@@ -72,8 +72,14 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "published_init",
-            ("backbone.r_min=0.0", "backbone.r_max=0.1", "model.feature_transform=none"),
-            "the default before the ablations: LRU ring [0, 0.1] as published (raw text features)",
+            (
+                "backbone.r_min=0.0",
+                "backbone.r_max=0.1",
+                "model.feature_transform=none",
+                "trainer.max_epochs=10",
+                "trainer.patience=3",
+            ),
+            "the default before the ablations: LRU ring [0, 0.1] as published, raw text features, 10 epochs, patience 3",
         ),
         Recipe(
             "no_decay_norm_bias_rec",
@@ -115,7 +121,7 @@ RECIPES: dict[str, Recipe] = {
             "+ genres and year through a torchrec EBC",
         ),
         Recipe("no_categorical", ("model.modalities=[text]",), "text features only (no genre/year tables)"),
-        Recipe("epochs_20", ("trainer.max_epochs=20", "trainer.patience=5"), "20 epochs, patience 5"),
+        Recipe("epochs_10", ("trainer.max_epochs=10", "trainer.patience=3"), "10 epochs, patience 3"),
         Recipe("ffn_2", ("backbone.ffn_multiplier=2",), "FFN width 2x"),
         Recipe("blocks_2", ("backbone.num_blocks=2",), "2 LRU blocks"),
         Recipe("dropout_0.3", ("backbone.dropout=0.3",), "dropout 0.3"),
@@ -185,16 +191,19 @@ def _stale_keys(expected: dict[str, Any], saved: Any, prefix: str = "") -> list[
 def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (or reuse) one run; return its metrics.json.
 
-    A finished run is reused when it was started with the same command and its saved config.yaml
-    equals ``expected`` (the configuration the command resolves to today: a changed default in
-    configs/ makes it stale). A stale run's folder is moved to ``<folder>.stale`` and trained anew."""
+    A finished run is reused when its saved config.yaml equals ``expected`` (the configuration its
+    command resolves to today: a default changed in configs/ makes it stale, a recipe spelt
+    differently that resolves to the same configuration does not); without ``expected``, when it
+    was started with the same command. A stale run's folder is moved to ``<folder>.stale`` and
+    trained anew."""
     cmd = spec.command()
     stamp = spec.directory / "bench_command.json"
     metrics_path = spec.directory / "metrics.json"
-    if metrics_path.is_file() and stamp.is_file() and json.loads(stamp.read_text())["args"] == cmd[1:]:
+    if metrics_path.is_file() and stamp.is_file():
         saved_path = spec.directory / "config.yaml"
-        stale = []
-        if expected is not None:
+        if expected is None:
+            stale = [] if json.loads(stamp.read_text())["args"] == cmd[1:] else ["<command>"]
+        else:
             from omegaconf import OmegaConf
 
             saved = (
