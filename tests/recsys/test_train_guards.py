@@ -148,7 +148,9 @@ def test_resume_true_in_a_chosen_directory_never_picks_a_sibling_run(processed_d
 def _offset_model(offset: float) -> MatryoshkaRecModel:
     """A model whose item embeddings share a large mean direction (|mean|^2/d = offset^2)."""
     torch.manual_seed(0)
-    config = ModelConfig(ladder=(8, 64, 256), backbone=LRUConfig(num_blocks=1, dropout=0.0))
+    config = ModelConfig(
+        ladder=(8, 64, 256), backbone=LRUConfig(num_blocks=1, dropout=0.0, r_min=0.0, r_max=0.1)
+    )
     model = MatryoshkaRecModel(config, 400, {"text": 16})
     base = model.item_embeddings
 
