@@ -188,30 +188,24 @@ def _stale_keys(expected: dict[str, Any], saved: Any, prefix: str = "") -> list[
     return out
 
 
-def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any] | None = None) -> dict[str, Any]:
+def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse) one run; return its metrics.json.
 
     A finished run is reused when its saved config.yaml equals ``expected`` (the configuration its
     command resolves to today: a default changed in configs/ makes it stale, a recipe spelt
-    differently that resolves to the same configuration does not); without ``expected``, when it
-    was started with the same command. A stale run's folder is moved to ``<folder>.stale`` and
-    trained anew."""
+    differently that resolves to the same configuration does not). A stale run's folder is moved
+    to ``<folder>.stale`` and trained anew."""
+    from omegaconf import OmegaConf
+
     cmd = spec.command()
     stamp = spec.directory / "bench_command.json"
     metrics_path = spec.directory / "metrics.json"
     if metrics_path.is_file() and stamp.is_file():
         saved_path = spec.directory / "config.yaml"
-        if expected is None:
-            stale = [] if json.loads(stamp.read_text())["args"] == cmd[1:] else ["<command>"]
-        else:
-            from omegaconf import OmegaConf
-
-            saved = (
-                OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True)
-                if saved_path.is_file()
-                else None
-            )
-            stale = _stale_keys(expected, saved)
+        saved = (
+            OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) if saved_path.is_file() else None
+        )
+        stale = _stale_keys(expected, saved)
         if not stale:
             log(f"  reuse {spec.directory}")
             return json.loads(metrics_path.read_text())
@@ -478,10 +472,7 @@ def main(argv: list[str]) -> None:
             raise SystemExit(f"--recipe {item!r}: expected NAME=OVERRIDES")
         recipes[name] = Recipe(name, tuple(shlex.split(overrides)), f"command line: {overrides}")
     extras = [i.partition("=")[0] for i in args.recipe]
-    names = [
-        *(args.recipes or ([] if extras else ["default"])),
-        *[e for e in extras if e not in (args.recipes or [])],
-    ]
+    names = list(dict.fromkeys([*(args.recipes or ([] if extras else ["default"])), *extras]))
     unknown = [n for n in names if n not in recipes]
     if unknown:
         raise SystemExit(f"unknown recipes {unknown}; known: {', '.join(recipes)}")
