@@ -18,10 +18,15 @@ __all__ = ["prepare_builtin"]
 
 
 def prepare_builtin(
-    name: str, out: str | Path, text_encoder: str = "minilm", image_encoder: str | None = None
+    name: str,
+    out: str | Path,
+    text_encoder: str = "minilm",
+    image_encoder: str | None = None,
+    k_core: int | None = None,
 ) -> Path:
     """Prepare the built-in dataset ``name`` (``ml-100k`` or ``ml-1m``) into ``out`` with the default
-    filtering and feature tables, exactly as ``recsys-prep NAME --out OUT`` does; returns ``out``.
+    filtering (or ``k_core``: 0 keeps every rating) and feature tables, exactly as
+    ``recsys-prep NAME --out OUT [--k-core K]`` does; returns ``out``.
 
     Raises ``ValueError`` for an unknown name and ``data_prep.errors.DataError`` for bad input: a
     failure is an exception, never an ignored exit status.
@@ -34,4 +39,6 @@ def prepare_builtin(
     argv = [name, "--out", str(out), "--text-encoder", text_encoder]
     if image_encoder:
         argv += ["--image-encoder", image_encoder]
+    if k_core is not None:
+        argv += ["--k-core", str(k_core)]
     return prepare_from_args(argv)

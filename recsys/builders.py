@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +25,9 @@ def prepare_dataset_if_missing(cfg: DictConfig) -> Path:
     """Return the processed dataset directory, running ``recsys-prep`` for a missing built-in one."""
     path = Path(cfg.data.path)
     builtin = cfg.data.name in BUILTIN_DATASETS and cfg.data.prepare_if_missing
+    k_core = cfg.data.get("k_core", None)
     if (path / layout.MANIFEST).is_file() and (layout.is_current(path) or not builtin):
+        _check_k_core(path, k_core)
         return path
     if cfg.data.name not in BUILTIN_DATASETS or not cfg.data.prepare_if_missing:
         raise FileNotFoundError(
@@ -39,7 +42,21 @@ def prepare_dataset_if_missing(cfg: DictConfig) -> Path:
         path,
         " (written by an older recsys-prep)" if path.exists() else "",
     )
-    return prepare_builtin(cfg.data.name, path, cfg.data.text_encoder, cfg.data.image_encoder)
+    return prepare_builtin(cfg.data.name, path, cfg.data.text_encoder, cfg.data.image_encoder, k_core=k_core)
+
+
+def _check_k_core(path: Path, k_core: int | None) -> None:
+    """A ``data.k_core`` that the dataset at ``path`` was not prepared with is an error, not a silent mismatch."""
+    if k_core is None:
+        return
+    params = json.loads((path / layout.MANIFEST).read_text()).get("parameters", {})
+    found = (params.get("k_core_users"), params.get("k_core_items"))
+    if found != (k_core, k_core):
+        raise ValueError(
+            f"data.k_core={k_core} but {path} was prepared with k-core users/items {found[0]}/{found[1]} "
+            "(None: not recorded in its manifest); "
+            f"point data.path elsewhere, or re-prepare: recsys-prep NAME --out {path} --k-core {k_core} --force"
+        )
 
 
 def build_dataset(cfg: DictConfig) -> SequenceDataset:
@@ -48,6 +65,7 @@ def build_dataset(cfg: DictConfig) -> SequenceDataset:
         prepare_dataset_if_missing(cfg),
         max_len=cfg.data.max_len,
         train_stride=cfg.data.get("train_stride", 0),
+        cold_targets=cfg.data.get("cold_targets", "keep"),
     )
 
 

@@ -28,8 +28,11 @@ class DataSchema:
     name: str = "ml-100k"  # ml-100k | ml-1m (built in) | amazon | generic (prepared by recsys-prep)
     path: str = MISSING  # processed dataset directory
     prepare_if_missing: bool = True  # built-in datasets only: run recsys-prep when path is missing
+    k_core: int | None = None  # built-in preparation: k-core for users and items (None = recsys-prep's 5)
     max_len: int = 50
     train_stride: int = 0  # training windows end every train_stride targets; 0 = max_len (no overlap)
+    # keep | drop: leave out of validation/test the users whose target never occurs in training (RecTools)
+    cold_targets: str = "keep"
     text_encoder: str = "minilm"
     image_encoder: str | None = "mobilenet_v2"
 
@@ -202,6 +205,8 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(
             f"data.train_stride must be in [0, data.max_len={cfg.data.max_len}] (0 = max_len), got {cfg.data.train_stride}"
         )
+    if cfg.data.get("cold_targets", "keep") not in ("keep", "drop"):
+        raise ValueError(f"data.cold_targets must be 'keep' or 'drop', got {cfg.data.cold_targets!r}")
     ladder = [int(s) for s in cfg.model.ladder]
     if not ladder or any(s <= 0 for s in ladder):
         raise ValueError(f"model.ladder must be non-empty positive sizes, got {ladder}")

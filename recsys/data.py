@@ -10,6 +10,10 @@ Leave-one-out split of each chronological sequence ``s``:
 * validation: input ``s[:-2]``, target ``s[-2]``;
 * test: input ``s[:-1]`` (it includes the validation item), target ``s[-1]``.
 
+``cold_targets="drop"`` leaves out of a split the users whose target item never occurs in that
+split's training interactions (validation: every user's ``s[:-2]``; test: every user's ``s[:-1]``),
+as RecTools' leave-one-out does; the number left out is kept on the split (``EvalSplit.dropped``).
+
 Inputs are left-padded with 0 to ``max_len``. Batching is deterministic: the order of epoch
 ``e`` is a permutation drawn from ``seed + e``, so a resumed run can skip the batches it has
 already seen and continue with exactly the same data order.
@@ -18,6 +22,7 @@ already seen and continue with exactly the same data order.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,9 @@ from safetensors import safe_open
 
 from data_prep import layout
 
+log = logging.getLogger("recsys.data")
+COLD_TARGETS = ("keep", "drop")
+
 
 @dataclass(frozen=True)
 class EvalSplit:
@@ -36,13 +44,14 @@ class EvalSplit:
 
     inputs: (U, L) left-padded last ``max_len`` items; targets: (U,);
     history: (U, H) every item seen before the target (for optional history filtering), 0-padded;
-    user_idx: (U,) the users, in order.
+    user_idx: (U,) the users, in order; dropped: users left out (``cold_targets="drop"``).
     """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     history: torch.Tensor
     user_idx: torch.Tensor
+    dropped: int = 0
 
     def __len__(self) -> int:
         return int(self.targets.shape[0])
@@ -157,7 +166,13 @@ def transform_features(table: torch.Tensor, mode: str, eps: float = 1e-3) -> tor
 class SequenceDataset:
     """A processed dataset: sequences, catalog size, feature tables and the three splits."""
 
-    def __init__(self, directory: str | Path, max_len: int, train_stride: int | None = None) -> None:
+    def __init__(
+        self, directory: str | Path, max_len: int, train_stride: int | None = None, cold_targets: str = "keep"
+    ) -> None:
+        if cold_targets not in COLD_TARGETS:
+            raise ValueError(f"data.cold_targets must be one of {list(COLD_TARGETS)}, got {cold_targets!r}")
+        self.cold_targets = cold_targets
+        self._splits: dict[str, EvalSplit] = {}
         self.directory = Path(directory)
         if not (self.directory / layout.MANIFEST).is_file():
             raise FileNotFoundError(
@@ -262,16 +277,38 @@ class SequenceDataset:
 
     # ------------------------------------------------------------------ eval
     def split(self, name: str) -> EvalSplit:
-        """The ``validation`` or ``test`` split (every user once, in user order)."""
+        """The ``validation`` or ``test`` split (every user once, in user order; with
+        ``cold_targets="drop"``, without the users whose target never occurs in the split's training
+        interactions). Built once and kept."""
         if name not in ("validation", "test"):
             raise ValueError(f"unknown split '{name}', expected 'validation' or 'test'")
+        if name not in self._splits:
+            self._splits[name] = self._build_split(name)
+        return self._splits[name]
+
+    def _build_split(self, name: str) -> EvalSplit:
         cut = 2 if name == "validation" else 1
         histories = [seq[:-cut] for seq in self.sequences]
         targets = torch.tensor([int(seq[-cut]) for seq in self.sequences], dtype=torch.long)
+        keep = torch.ones(len(histories), dtype=torch.bool)
+        if self.cold_targets == "drop":
+            trained = torch.zeros(self.num_items + 1, dtype=torch.bool)
+            trained[torch.from_numpy(np.concatenate(histories))] = True
+            keep = trained[targets]
+            if not bool(keep.any()):
+                raise ValueError(f"{self.directory}: every {name} target is cold; nothing left to evaluate")
+            log.info(
+                "%s: %d of %d users left out (cold_targets=drop: their target never occurs in training)",
+                name,
+                int((~keep).sum()),
+                len(histories),
+            )
+            histories = [h for h, k in zip(histories, keep.tolist()) if k]
         longest = max(len(h) for h in histories)
         return EvalSplit(
             inputs=_left_pad(histories, self.max_len),
-            targets=targets,
+            targets=targets[keep],
             history=_left_pad(histories, longest),
-            user_idx=self.user_idx,
+            user_idx=self.user_idx[keep],
+            dropped=int((~keep).sum()),
         )

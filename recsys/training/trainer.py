@@ -446,6 +446,10 @@ class Trainer:
                 "sizes": list(self.sizes),
                 "ks": list(self.ks),
                 "protocols": {"all": "every catalog item", "unseen": "items not in the user's history"},
+                # users scored per split, and left out because their target never occurs in training
+                "users": {s: len(self.dataset.split(s)) for s in results},
+                "cold_targets": self.dataset.cold_targets,
+                "cold_targets_dropped": {s: self.dataset.split(s).dropped for s in results},
                 "monitor": f"{stopper.monitor}@d{stopper.size}",
                 "best_step": stopper.best_step,
                 "best_validation_value": stopper.best_value,

@@ -103,6 +103,10 @@ def test_train_returns_the_finished_run(example, workdir):
     assert not run.model.training  # eval mode
     on_disk = json.loads((run.run_dir / "metrics.json").read_text())
     assert run.metrics == on_disk and set(on_disk["test"]) == {"4", "8", "16"}
+    # every user scored (cold_targets=keep), and the record of how many were left out says so
+    users = len(run.dataset.sequences)
+    assert on_disk["cold_targets"] == "keep" and on_disk["cold_targets_dropped"] == {"validation": 0, "test": 0}
+    assert on_disk["users"] == {"validation": users, "test": users}
 
 
 def test_evaluate_reproduces_the_test_metrics_of_the_run(example):

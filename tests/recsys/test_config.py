@@ -58,6 +58,7 @@ def test_optimizer_group_is_placed_under_the_trainer():
         (["eval.ks=[0,10]"], "eval.ks"),
         (["eval.ks=[5,-10]", "trainer.monitor=ndcg@5"], "eval.ks"),
         (["trainer.monitor=ndcg@7"], "trainer.monitor"),
+        (["data.cold_targets=filter"], "data.cold_targets"),
         (["loss.size_weights=[1,2]"], "loss.size_weights has 2 weights"),
         (["backbone.dropout=1.5"], "backbone.dropout"),
         (["trainer.monitor_size=12"], "trainer.monitor_size=12"),

@@ -47,3 +47,64 @@ def test_batch_order_is_deterministic_and_skippable(processed_dataset):
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[2:], skipped))
     other_epoch = next(ds.train_batches(16, epoch=4, seed=7))
     assert not torch.equal(full[0][0], other_epoch[0])
+
+
+def _make_target_cold(directory, user: int) -> int:
+    """Rewrite the dataset so that ``user``'s test item occurs nowhere else; return that item."""
+    import polars as pl
+
+    path = directory / "sequences.parquet"
+    seqs = pl.read_parquet(path).sort("user_idx")
+    items = seqs["item_idx"].to_list()
+    cold = int(items[user][-1])
+    stamps = seqs["timestamp"].to_list() if "timestamp" in seqs.columns else None
+    for u, seq in enumerate(items):
+        keep = [j for j, i in enumerate(seq) if i != cold or (u == user and j == len(seq) - 1)]
+        items[u] = [seq[j] for j in keep]
+        if stamps is not None:
+            stamps[u] = [stamps[u][j] for j in keep]
+    out = seqs.with_columns(pl.Series("item_idx", items, dtype=seqs["item_idx"].dtype))
+    if stamps is not None:
+        out = out.with_columns(pl.Series("timestamp", stamps, dtype=seqs["timestamp"].dtype))
+    out.write_parquet(path)
+    return cold
+
+
+def test_cold_targets_drop_leaves_out_users_whose_target_never_occurs_in_training(processed_dataset):
+    cold = _make_target_cold(processed_dataset, user=0)
+    kept = SequenceDataset(processed_dataset, max_len=8).split("test")
+    dropped = SequenceDataset(processed_dataset, max_len=8, cold_targets="drop").split("test")
+    assert int(kept.targets[0]) == cold and kept.dropped == 0
+    assert dropped.dropped == 1 and len(dropped) == len(kept) - 1
+    assert cold not in dropped.targets.tolist() and int(kept.user_idx[0]) not in dropped.user_idx.tolist()
+    # the remaining users are unchanged, row for row
+    assert torch.equal(dropped.inputs, kept.inputs[1:]) and torch.equal(dropped.targets, kept.targets[1:])
+
+
+def test_cold_targets_rejects_unknown_values(processed_dataset):
+    import pytest
+
+    with pytest.raises(ValueError, match="cold_targets"):
+        SequenceDataset(processed_dataset, max_len=8, cold_targets="filter")
+
+
+def test_a_k_core_the_dataset_was_not_prepared_with_is_an_error(processed_dataset):
+    import json
+
+    import pytest
+    from omegaconf import OmegaConf
+
+    from recsys.builders import prepare_dataset_if_missing
+
+    manifest = json.loads((processed_dataset / "manifest.json").read_text())
+    manifest["parameters"] = {"k_core_users": 5, "k_core_items": 5}  # as recsys-prep records it
+    (processed_dataset / "manifest.json").write_text(json.dumps(manifest))
+    k = 5
+    cfg = OmegaConf.create(
+        {"data": {"name": "generic", "path": str(processed_dataset), "prepare_if_missing": True}}
+    )
+    cfg.data.k_core = k
+    assert prepare_dataset_if_missing(cfg) == processed_dataset
+    cfg.data.k_core = k + 1
+    with pytest.raises(ValueError, match=f"data.k_core={k + 1}"):
+        prepare_dataset_if_missing(cfg)
