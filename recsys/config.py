@@ -109,7 +109,10 @@ class LossSchema:
 
 @dataclass
 class FullSoftmaxSchema(LossSchema):
-    """``loss=full_softmax``: no keys of its own."""
+    """``loss=full_softmax``."""
+
+    # size s_m's logits times (s_M / s_m) ** exponent: a per-size temperature (0 = off; 0.5 = sqrt)
+    logit_scale_exponent: float = 0.0
 
 
 @dataclass
@@ -235,6 +238,8 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(
             f"trainer.sharding='{cfg.trainer.sharding}' must be one of {', '.join(SHARDING_TYPES)}"
         )
+    if not 0.0 <= float(cfg.loss.get("logit_scale_exponent", 0.0)) <= 2.0:
+        raise ValueError(f"loss.logit_scale_exponent must be in [0, 2], got {cfg.loss.logit_scale_exponent}")
     if cfg.loss.size_weights is not None:
         if len(cfg.loss.size_weights) != len(sizes):
             raise ValueError(

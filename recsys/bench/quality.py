@@ -131,6 +131,11 @@ RECIPES: dict[str, Recipe] = {
             ("loss.size_weights=[2,1.5,1,1,1,1]",),
             "loss weights 2, 1.5 on d=8, 16 (ladder 8..256), 1 elsewhere",
         ),
+        Recipe(
+            "logit_scale_sqrt",
+            ("loss.logit_scale_exponent=0.5",),
+            "per-size temperature: size d's logits times sqrt(D/d)",
+        ),
     )
 }
 QUICK_OVERRIDES = ("trainer.max_epochs=2", "model.ladder=[8,16,32,64]", "model.width=64")

@@ -5,7 +5,8 @@ partial scores ``h[:, a:b] @ E[:, a:b]^T`` (chunk j = dims [s_{j-1}:s_j]) summed
 over chunks, so all sizes cost the FLOPs of ONE full (P, D) x (D, N+1) GEMM instead of M.
 
 Loss: ``sum_m w_m * CE_m`` with CE_m the mean over positions of the full-softmax cross-entropy
-at size s_m; item 0 (padding) is excluded from the softmax. Weights default to equal and are
+at size s_m of the logits times ``t_m`` (``size_scales``, default 1: a per-size temperature, which
+leaves every size's ranking unchanged); item 0 (padding) is excluded from the softmax. Weights default to equal and are
 normalised to sum to 1, so the loss is on the scale of one cross-entropy whatever M is.
 
 Training memory: ``matryoshka_cross_entropy`` goes over positions in chunks sized so the
@@ -77,10 +78,14 @@ def _chunk_loss(
     weights: torch.Tensor,
     scale: float,
     grad_items: torch.Tensor | None = None,
+    size_scales: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk of positions, no autograd: summed CE per size (M,) and, if ``grad_items`` (N+1, D)
-    is given, dL/dh (p, D) of ``scale * sum_m w_m * sum_p CE_m[p]``, dL/dE being added into ``grad_items``."""
+    is given, dL/dh (p, D) of ``scale * sum_m w_m * sum_p CE_m[p]``, dL/dE being added into ``grad_items``.
+    CE_m is of the logits times ``size_scales[m]`` (all 1 when None)."""
     logits = all_size_logits(hidden, items, ladder)  # (M, p, N+1)
+    if size_scales is not None:
+        logits.mul_(torch.tensor(list(size_scales), dtype=logits.dtype, device=logits.device)[:, None, None])
     logits[:, :, 0] = float("-inf")  # padding is never a candidate
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     ce_sum = hidden.new_empty(len(ladder))
@@ -90,8 +95,10 @@ def _chunk_loss(
     if grad_items is None:
         return ce_sum, None
     # In place, from the largest size down: logits[m] becomes R_m = sum_{m' >= m} G_m', with
-    # G_m = w_m * scale * (softmax_m - onehot(target)) = dLoss/dlogits_m.
+    # G_m = w_m * scale * t_m * (softmax_m - onehot(target)) = dLoss/d(unscaled logits_m).
     factors = (weights * scale).tolist()
+    if size_scales is not None:
+        factors = [f * t for f, t in zip(factors, size_scales)]
     for m in range(len(ladder) - 1, -1, -1):
         grad = logits[m]  # (p, N+1)
         torch._softmax(grad, -1, False, out=grad)  # in-place softmax (row-wise kernel, safe)
@@ -109,7 +116,7 @@ def _chunk_loss(
 
 class _FusedMatryoshkaCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, targets, items, ladder, weights, budget_bytes):
+    def forward(ctx, hidden, targets, items, ladder, weights, budget_bytes, size_scales):
         chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
         num = hidden.shape[0]
         per_size = hidden.new_zeros(len(ladder))
@@ -124,6 +131,7 @@ class _FusedMatryoshkaCE(torch.autograd.Function):
                 weights,
                 1.0 / num,
                 grad_items,
+                size_scales,
             )
             per_size += ce
             grad_h[start : start + chunk] = gh
@@ -135,7 +143,7 @@ class _FusedMatryoshkaCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_per_size):
         grad_h, grad_items = ctx.saved_tensors
-        return grad_h * grad_total, None, grad_items * grad_total, None, None, None
+        return grad_h * grad_total, None, grad_items * grad_total, None, None, None, None
 
 
 def matryoshka_cross_entropy(
@@ -145,10 +153,12 @@ def matryoshka_cross_entropy(
     ladder: Sequence[int],
     size_weights: Sequence[float] | None = None,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    size_scales: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Matryoshka full-softmax cross-entropy.
 
-    hidden (P, D) at the positions to score, targets (P,) item ids in 1..N, items (N+1, D).
+    hidden (P, D) at the positions to score, targets (P,) item ids in 1..N, items (N+1, D);
+    ``size_scales`` (M,) positive logit multipliers per size (None = 1: plain softmax).
     Returns (total scalar = sum_m w_m CE_m, per_size (M,) detached mean CE at each size).
     Differentiable w.r.t. hidden and items (gradients computed chunk by chunk in the forward).
     """
@@ -160,23 +170,31 @@ def matryoshka_cross_entropy(
     )  # softmax over the catalog in >= fp32, even under autocast
     if hidden.shape[0] == 0:
         raise ValueError("matryoshka_cross_entropy needs at least one position")
+    if size_scales is not None:
+        size_scales = tuple(float(t) for t in size_scales)
+        if len(size_scales) != len(ladder) or not all(t > 0 and t < float("inf") for t in size_scales):
+            raise ValueError(
+                f"size_scales must be {len(ladder)} positive finite numbers, got {list(size_scales)}"
+            )
     if torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad):
         with torch.autocast(hidden.device.type, enabled=False):  # the loss's GEMMs in fp32 too
             total, per_size = _FusedMatryoshkaCE.apply(
-                hidden, targets, items, tuple(ladder), weights, budget_bytes
+                hidden, targets, items, tuple(ladder), weights, budget_bytes, size_scales
             )
         return total, per_size.detach()
     chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
     with torch.autocast(hidden.device.type, enabled=False):
-        per_size = _loss_sums(hidden, targets, items, ladder, weights, chunk)
+        per_size = _loss_sums(hidden, targets, items, ladder, weights, chunk, size_scales)
     return (weights.to(per_size.dtype) * per_size).sum(), per_size
 
 
-def _loss_sums(hidden, targets, items, ladder, weights, chunk) -> torch.Tensor:
+def _loss_sums(hidden, targets, items, ladder, weights, chunk, size_scales=None) -> torch.Tensor:
     """(M,) mean CE per size without gradients, chunk by chunk."""
     return (
         sum(
-            _chunk_loss(hidden[s : s + chunk], targets[s : s + chunk], items, ladder, weights, 1.0)[0]
+            _chunk_loss(
+                hidden[s : s + chunk], targets[s : s + chunk], items, ladder, weights, 1.0, None, size_scales
+            )[0]
             for s in range(0, hidden.shape[0], chunk)
         )
         / hidden.shape[0]
@@ -197,8 +215,27 @@ def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:
     return emb * (ids != 0)[:, None].to(emb.dtype)
 
 
+def size_logit_scales(ladder: Sequence[int], exponent: float) -> list[float] | None:
+    """Per-size logit multipliers ``(s_M / s_m) ** exponent`` (None for exponent 0: plain softmax).
+
+    A size-s dot product sums s terms, so its logits are about sqrt(s) smaller than the widest
+    size's at the same per-dimension scale; exponent 0.5 sharpens the small sizes' softmax by that
+    much, so that the shared leading dimensions need not grow to serve them.
+
+        >>> size_logit_scales([8, 32], 0.5)
+        [2.0, 1.0]
+    """
+    if exponent == 0:
+        return None
+    return [(ladder[-1] / s) ** exponent for s in ladder]
+
+
 def full_softmax_sum(
-    model, seq: torch.Tensor, targets: torch.Tensor, size_weights: Sequence[float] | None
+    model,
+    seq: torch.Tensor,
+    targets: torch.Tensor,
+    size_weights: Sequence[float] | None,
+    logit_scale_exponent: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """seq (B, L), targets (B, L) (0 = ignored) -> (total_sum, per_size_sum (M,) detached, count).
 
@@ -213,7 +250,13 @@ def full_softmax_sum(
         zero = hidden.sum() * 0.0 + item_emb.sum() * 0.0
         return zero, torch.zeros(len(model.ladder)), 0
     total, per_size = matryoshka_cross_entropy(
-        hidden[keep], targets[keep], item_emb, model.ladder, size_weights, model.config.loss_budget_bytes
+        hidden[keep],
+        targets[keep],
+        item_emb,
+        model.ladder,
+        size_weights,
+        model.config.loss_budget_bytes,
+        size_logit_scales(model.ladder, logit_scale_exponent),
     )
     return total * count, per_size * count, count
 
@@ -223,10 +266,16 @@ class FullSoftmaxLoss:
 
     ``loss(model, seq (B, L), targets (B, L), step_seed) -> (total_sum, per_size_sum (M,), count)``;
     ``step_seed`` is unused (the loss draws nothing). ``size_weights``: one per trained size, None = equal.
+    ``logit_scale_exponent``: size s_m's logits are multiplied by ``(s_M / s_m) ** exponent`` (0 = off).
     """
 
-    def __init__(self, size_weights: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, size_weights: Sequence[float] | None = None, logit_scale_exponent: float = 0.0
+    ) -> None:
+        if not 0.0 <= float(logit_scale_exponent) <= 2.0:
+            raise ValueError(f"loss.logit_scale_exponent must be in [0, 2], got {logit_scale_exponent}")
         self.size_weights = list(size_weights) if size_weights is not None else None
+        self.logit_scale_exponent = float(logit_scale_exponent)
 
     def prepare(self, train_targets: torch.Tensor, num_items: int) -> None:
         """Nothing to learn from the training data."""
@@ -234,4 +283,4 @@ class FullSoftmaxLoss:
     def __call__(
         self, model, seq: torch.Tensor, targets: torch.Tensor, step_seed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return full_softmax_sum(model, seq, targets, self.size_weights)
+        return full_softmax_sum(model, seq, targets, self.size_weights, self.logit_scale_exponent)

@@ -105,7 +105,10 @@ def test_train_returns_the_finished_run(example, workdir):
     assert run.metrics == on_disk and set(on_disk["test"]) == {"4", "8", "16"}
     # every user scored (cold_targets=keep), and the record of how many were left out says so
     users = len(run.dataset.sequences)
-    assert on_disk["cold_targets"] == "keep" and on_disk["cold_targets_dropped"] == {"validation": 0, "test": 0}
+    assert on_disk["cold_targets"] == "keep" and on_disk["cold_targets_dropped"] == {
+        "validation": 0,
+        "test": 0,
+    }
     assert on_disk["users"] == {"validation": users, "test": users}
 
 

@@ -59,6 +59,7 @@ def test_optimizer_group_is_placed_under_the_trainer():
         (["eval.ks=[5,-10]", "trainer.monitor=ndcg@5"], "eval.ks"),
         (["trainer.monitor=ndcg@7"], "trainer.monitor"),
         (["data.cold_targets=filter"], "data.cold_targets"),
+        (["loss.logit_scale_exponent=3"], "loss.logit_scale_exponent"),
         (["loss.size_weights=[1,2]"], "loss.size_weights has 2 weights"),
         (["backbone.dropout=1.5"], "backbone.dropout"),
         (["trainer.monitor_size=12"], "trainer.monitor_size=12"),

@@ -12,10 +12,10 @@ from recsys.losses.matryoshka import (
 LADDER = (4, 12, 40)
 
 
-def naive_loss(hidden, targets, items, ladder, weights):
+def naive_loss(hidden, targets, items, ladder, weights, scales=None):
     per_size = []
-    for d in ladder:
-        logits = hidden[:, :d] @ items[:, :d].T
+    for m, d in enumerate(ladder):
+        logits = hidden[:, :d] @ items[:, :d].T * (1.0 if scales is None else scales[m])
         logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], 1)
         per_size.append(F.cross_entropy(logits, targets))
     per_size = torch.stack(per_size)
@@ -55,6 +55,37 @@ def test_chunked_fused_loss_equals_unchunked_naive_loss_and_grads(budget, weight
             hidden, targets, items, LADDER, weights, budget_bytes=budget
         )
     torch.testing.assert_close(total_ng, ref_total.detach())
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 3 * 4 * 21 * 2])
+def test_per_size_logit_scales_equal_the_naive_scaled_softmax_and_grads(budget):
+    from recsys.losses.matryoshka import size_logit_scales
+
+    torch.manual_seed(1)
+    hidden = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(21, 40, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 21, (9,))
+    scales = size_logit_scales(LADDER, 0.5)
+    assert scales == pytest.approx([(40 / 4) ** 0.5, (40 / 12) ** 0.5, 1.0])
+    w = size_weights_tensor(LADDER, [1.0, 2.0, 1.0]).double()
+    total, per_size = matryoshka_cross_entropy(
+        hidden, targets, items, LADDER, [1.0, 2.0, 1.0], budget_bytes=budget, size_scales=scales
+    )
+    ref_total, ref_per_size = naive_loss(hidden, targets, items, LADDER, w, scales)
+    torch.testing.assert_close(total, ref_total)
+    torch.testing.assert_close(per_size, ref_per_size.detach())
+    # the scaled loss really differs from the plain one (the test would catch scales being ignored)
+    assert not torch.allclose(per_size, naive_loss(hidden, targets, items, LADDER, w)[1].detach())
+    g = torch.autograd.grad(total, (hidden, items))
+    g_ref = torch.autograd.grad(ref_total, (hidden, items))
+    torch.testing.assert_close(g[0], g_ref[0])
+    torch.testing.assert_close(g[1], g_ref[1])
+    with torch.no_grad():
+        _, per_size_ng = matryoshka_cross_entropy(hidden, targets, items, LADDER, size_scales=scales)
+    torch.testing.assert_close(per_size_ng, naive_loss(hidden, targets, items, LADDER, w, scales)[1].detach())
+    assert size_logit_scales(LADDER, 0.0) is None
+    with pytest.raises(ValueError, match="size_scales"):
+        matryoshka_cross_entropy(hidden, targets, items, LADDER, size_scales=[1.0, 0.0, 1.0])
 
 
 def test_loss_on_one_size_leaves_later_dims_without_gradient():
