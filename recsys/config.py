@@ -382,10 +382,29 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
     return out
 
 
+# keys added after runs existed, with the value that reproduces how those runs behaved
+ADDED_KEY_DEFAULTS = {
+    ("loss", "logit_scale_exponent"): 0.0,
+    ("data", "cold_targets"): "keep",
+    ("data", "k_core"): None,
+}
+
+
+def _with_added_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a checkpointed config with :data:`ADDED_KEY_DEFAULTS` filled in where absent."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
+    for (group, key), value in ADDED_KEY_DEFAULTS.items():
+        if isinstance(out.get(group), dict) and key not in out[group]:
+            if group != "loss" or "sampled" not in str(out[group].get("_target_", "")):
+                out[group][key] = value
+    return out
+
+
 def check_resume_changes(old: dict[str, Any], new: dict[str, Any], allowed: list[str], source: str) -> None:
     """Raise ``ValueError`` listing the keys (with old -> new values) that differ from the run being
     resumed, except :data:`RESUME_FREE_KEYS` and ``allowed`` (``resume_allow_changes``)."""
     free = set(RESUME_FREE_KEYS) | set(allowed)
+    old = _with_added_defaults(old)
     changed = [
         k
         for k in config_differences(old, new)
