@@ -95,6 +95,7 @@ def model_config(cfg: DictConfig) -> ModelConfig:
         projector_hidden=int(cfg.model.projector_hidden),
         categorical_dim=int(cfg.model.get("categorical_dim", 32)),
         categorical_pooling=str(cfg.model.get("categorical_pooling", "mean")),
+        cross_size_grad=float(cfg.model.get("cross_size_grad", 1.0)),
     )
 
 

@@ -49,6 +49,9 @@ class ModelSchema:
     categorical_pooling: str = "mean"  # mean | sum over an item's values of one field
     feature_transform: str = "none"  # none | center | whiten the frozen features (recsys/data.py)
     independent: bool = False  # baseline: one separate model per ladder size (recsys/training/independent.py)
+    # share of a larger size's gradient reaching the dims it shares with smaller sizes in the nested
+    # layers (recsys/nn/nested.py set_cross_size_grad); 1 = the exact Matryoshka gradient
+    cross_size_grad: float = 1.0
 
 
 @dataclass
@@ -113,6 +116,8 @@ class FullSoftmaxSchema(LossSchema):
 
     # size s_m's logits times (s_M / s_m) ** exponent: a per-size temperature (0 = off; 0.5 = sqrt)
     logit_scale_exponent: float = 0.0
+    # share of a larger size's gradient reaching the dims it shares with smaller sizes (1 = exact MRL)
+    cross_size_grad: float = 1.0
 
 
 @dataclass
@@ -240,6 +245,10 @@ def validate(cfg: DictConfig) -> None:
         )
     if not 0.0 <= float(cfg.loss.get("logit_scale_exponent", 0.0)) <= 2.0:
         raise ValueError(f"loss.logit_scale_exponent must be in [0, 2], got {cfg.loss.logit_scale_exponent}")
+    if not 0.0 <= float(cfg.model.get("cross_size_grad", 1.0)) <= 1.0:
+        raise ValueError(f"model.cross_size_grad must be in [0, 1], got {cfg.model.cross_size_grad}")
+    if not 0.0 <= float(cfg.loss.get("cross_size_grad", 1.0)) <= 1.0:
+        raise ValueError(f"loss.cross_size_grad must be in [0, 1], got {cfg.loss.cross_size_grad}")
     if cfg.loss.size_weights is not None:
         if len(cfg.loss.size_weights) != len(sizes):
             raise ValueError(
@@ -385,12 +394,14 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 # keys added after runs existed, with the value that reproduces how those runs behaved
 ADDED_KEY_DEFAULTS = {
     ("loss", "logit_scale_exponent"): 0.0,
+    ("loss", "cross_size_grad"): 1.0,
+    ("model", "cross_size_grad"): 1.0,
     ("data", "cold_targets"): "keep",
     ("data", "k_core"): None,
 }
 
 
-def _with_added_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+def with_added_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
     """A copy of a checkpointed config with :data:`ADDED_KEY_DEFAULTS` filled in where absent."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.items()}
     for (group, key), value in ADDED_KEY_DEFAULTS.items():
@@ -404,7 +415,7 @@ def check_resume_changes(old: dict[str, Any], new: dict[str, Any], allowed: list
     """Raise ``ValueError`` listing the keys (with old -> new values) that differ from the run being
     resumed, except :data:`RESUME_FREE_KEYS` and ``allowed`` (``resume_allow_changes``)."""
     free = set(RESUME_FREE_KEYS) | set(allowed)
-    old = _with_added_defaults(old)
+    old = with_added_defaults(old)
     changed = [
         k
         for k in config_differences(old, new)

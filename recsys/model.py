@@ -38,7 +38,7 @@ from recsys.losses.matryoshka import DEFAULT_BUDGET_BYTES, matryoshka_cross_entr
 from recsys.nn import BackboneConfig, LRUConfig, backbone_config_from_dict, build_backbone
 from recsys.nn.backbone import is_int
 from recsys.nn.item_tables import ItemTables
-from recsys.nn.nested import sliced_state_dict, truncate_ladder, validate_ladder
+from recsys.nn.nested import set_cross_size_grad, sliced_state_dict, truncate_ladder, validate_ladder
 from recsys.nn.projector import Projector
 from recsys.scoring import score_items
 
@@ -67,6 +67,8 @@ class ModelConfig:
     categorical_dim: int = 32  # width C of each categorical field's table (modality "categorical")
     categorical_pooling: str = "mean"  # mean | sum over an item's values of a field
     loss_budget_bytes: int = DEFAULT_BUDGET_BYTES  # cap on the (M, chunk, N+1) logits of the loss
+    # gradient rule of the nested layers (recsys.nn.nested.set_cross_size_grad): 1 = exact gradient
+    cross_size_grad: float = 1.0
 
     def __post_init__(self) -> None:
         # Hydra/JSON hand over lists; the config is hashable and comparable with tuples.
@@ -87,6 +89,8 @@ class ModelConfig:
             and self.categorical_dim % 4 == 0,
             "categorical_pooling": self.categorical_pooling in ("mean", "sum"),
             "loss_budget_bytes": is_int(self.loss_budget_bytes) and self.loss_budget_bytes > 0,
+            "cross_size_grad": isinstance(self.cross_size_grad, (int, float))
+            and 0.0 <= float(self.cross_size_grad) <= 1.0,
         }
         for name, ok in checks.items():
             if not ok:
@@ -170,6 +174,7 @@ class MatryoshkaRecModel(nn.Module):
         self.input_dropout = nn.Dropout(config.backbone.dropout)
         self.backbone = build_backbone(config.backbone, config.width)
         self.register_buffer("item_ids", torch.arange(num_items + 1), persistent=False)
+        set_cross_size_grad(self, config.cross_size_grad)
 
     @property
     def ladder(self) -> tuple[int, ...]:
@@ -215,14 +220,25 @@ class MatryoshkaRecModel(nn.Module):
         return self.backbone.forward_last_items(item_emb, seq, cache)
 
     def loss(
-        self, seq: torch.Tensor, targets: torch.Tensor, size_weights: Sequence[float] | None = None
+        self,
+        seq: torch.Tensor,
+        targets: torch.Tensor,
+        size_weights: Sequence[float] | None = None,
+        cross_size_grad: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """seq (B, L), targets (B, L) next items (0 = ignored) -> (total scalar, per_size (M,) detached)."""
+        """seq (B, L), targets (B, L) next items (0 = ignored) -> (total scalar, per_size (M,) detached).
+        ``cross_size_grad``: the loss's gradient rule at the scores (see ``matryoshka_cross_entropy``)."""
         item_emb = self.item_embeddings()
         hidden = self.encode(seq, item_emb)  # (B, L, d)
         keep = targets != 0
         return matryoshka_cross_entropy(
-            hidden[keep], targets[keep], item_emb, self.ladder, size_weights, self.config.loss_budget_bytes
+            hidden[keep],
+            targets[keep],
+            item_emb,
+            self.ladder,
+            size_weights,
+            self.config.loss_budget_bytes,
+            cross_size_grad=cross_size_grad,
         )
 
     def score(

@@ -136,6 +136,26 @@ RECIPES: dict[str, Recipe] = {
             ("loss.logit_scale_exponent=0.5",),
             "per-size temperature: size d's logits times sqrt(D/d)",
         ),
+        Recipe(
+            "cross_grad_scores_0",
+            ("loss.cross_size_grad=0",),
+            "at the scores only: chunk c of the user and item vectors trained by size s_c's loss alone",
+        ),
+        Recipe(
+            "cross_grad_0",
+            ("loss.cross_size_grad=0", "model.cross_size_grad=0"),
+            "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",
+        ),
+        Recipe(
+            "cross_grad_0.3",
+            ("loss.cross_size_grad=0.3", "model.cross_size_grad=0.3"),
+            "scores and nested layers: larger sizes' gradient into the smaller sizes' dims times 0.3",
+        ),
+        Recipe(
+            "cross_grad_0.1",
+            ("loss.cross_size_grad=0.1", "model.cross_size_grad=0.1"),
+            "scores and nested layers: larger sizes' gradient into the smaller sizes' dims times 0.1",
+        ),
     )
 }
 QUICK_OVERRIDES = ("trainer.max_epochs=2", "model.ladder=[8,16,32,64]", "model.width=64")
@@ -210,6 +230,10 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
         saved = (
             OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) if saved_path.is_file() else None
         )
+        if isinstance(saved, dict):  # keys added since the run was trained: the value it behaved with
+            from recsys.config import with_added_defaults
+
+            saved = with_added_defaults(saved)
         stale = _stale_keys(expected, saved)
         if not stale:
             log(f"  reuse {spec.directory}")

@@ -79,10 +79,12 @@ def _chunk_loss(
     scale: float,
     grad_items: torch.Tensor | None = None,
     size_scales: Sequence[float] | None = None,
+    cross_size_grad: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk of positions, no autograd: summed CE per size (M,) and, if ``grad_items`` (N+1, D)
     is given, dL/dh (p, D) of ``scale * sum_m w_m * sum_p CE_m[p]``, dL/dE being added into ``grad_items``.
-    CE_m is of the logits times ``size_scales[m]`` (all 1 when None)."""
+    CE_m is of the logits times ``size_scales[m]`` (all 1 when None). ``cross_size_grad`` < 1 scales
+    the gradient a size's loss sends into the smaller sizes' chunks (see :func:`matryoshka_cross_entropy`)."""
     logits = all_size_logits(hidden, items, ladder)  # (M, p, N+1)
     if size_scales is not None:
         logits.mul_(torch.tensor(list(size_scales), dtype=logits.dtype, device=logits.device)[:, None, None])
@@ -96,17 +98,27 @@ def _chunk_loss(
         return ce_sum, None
     # In place, from the largest size down: logits[m] becomes R_m = sum_{m' >= m} G_m', with
     # G_m = w_m * scale * t_m * (softmax_m - onehot(target)) = dLoss/d(unscaled logits_m).
+    # With cross_size_grad = g < 1: R_m = G_m + g * S_{m+1}, S_{m+1} = sum_{m' > m} G_m' kept in
+    # one extra (p, N+1) buffer, as (1 - g) G_m + g S_m.
     factors = (weights * scale).tolist()
     if size_scales is not None:
         factors = [f * t for f, t in zip(factors, size_scales)]
+    g = float(cross_size_grad)
+    suffix = None
     for m in range(len(ladder) - 1, -1, -1):
         grad = logits[m]  # (p, N+1)
         torch._softmax(grad, -1, False, out=grad)  # in-place softmax (row-wise kernel, safe)
         grad[rows, targets] -= 1.0
         if m == len(ladder) - 1:
             grad.mul_(factors[m])
-        else:
+            if g != 1.0 and m > 0:
+                suffix = grad.clone()
+        elif g == 1.0:
             torch.add(logits[m + 1], grad, alpha=factors[m], out=grad)
+        else:
+            grad.mul_(factors[m])
+            suffix.add_(grad)  # S_m
+            grad.mul_(1.0 - g).add_(suffix, alpha=g)
     grad_h = torch.empty_like(hidden)
     for c, (a, b) in enumerate(chunk_bounds(ladder)):
         grad_h[:, a:b] = logits[c] @ items[:, a:b]  # (p, N+1) @ (N+1, s_c)
@@ -116,8 +128,10 @@ def _chunk_loss(
 
 class _FusedMatryoshkaCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, targets, items, ladder, weights, budget_bytes, size_scales):
-        chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
+    def forward(ctx, hidden, targets, items, ladder, weights, budget_bytes, size_scales, cross_size_grad):
+        # one more (p, N+1) buffer when cross_size_grad < 1 (the running sum of larger sizes' gradients)
+        slabs = len(ladder) + (cross_size_grad != 1.0)
+        chunk = positions_per_chunk(slabs, items.shape[0], budget_bytes)
         num = hidden.shape[0]
         per_size = hidden.new_zeros(len(ladder))
         grad_h = torch.empty_like(hidden)
@@ -132,6 +146,7 @@ class _FusedMatryoshkaCE(torch.autograd.Function):
                 1.0 / num,
                 grad_items,
                 size_scales,
+                cross_size_grad,
             )
             per_size += ce
             grad_h[start : start + chunk] = gh
@@ -143,7 +158,7 @@ class _FusedMatryoshkaCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_per_size):
         grad_h, grad_items = ctx.saved_tensors
-        return grad_h * grad_total, None, grad_items * grad_total, None, None, None, None
+        return grad_h * grad_total, None, grad_items * grad_total, None, None, None, None, None
 
 
 def matryoshka_cross_entropy(
@@ -154,6 +169,7 @@ def matryoshka_cross_entropy(
     size_weights: Sequence[float] | None = None,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     size_scales: Sequence[float] | None = None,
+    cross_size_grad: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Matryoshka full-softmax cross-entropy.
 
@@ -161,7 +177,17 @@ def matryoshka_cross_entropy(
     ``size_scales`` (M,) positive logit multipliers per size (None = 1: plain softmax).
     Returns (total scalar = sum_m w_m CE_m, per_size (M,) detached mean CE at each size).
     Differentiable w.r.t. hidden and items (gradients computed chunk by chunk in the forward).
+
+    ``cross_size_grad`` in [0, 1] is a gradient rule, not a different loss (the value returned is
+    the same): the gradient that size m's loss sends into the partial score of chunk c < m (the
+    dimensions it shares with the smaller sizes) is multiplied by it, i.e. size m's logits are
+    ``P_m + sum_{c<m} (g P_c + (1 - g) stop_grad(P_c))``. 1 = the exact Matryoshka gradient; 0 =
+    chunk c of h and E is trained by the size-s_c loss only, each larger size learning its new
+    dimensions on top of the smaller ones (the nested layers' counterpart:
+    ``recsys.nn.nested.set_cross_size_grad``, ``model.cross_size_grad``).
     """
+    if not 0.0 <= float(cross_size_grad) <= 1.0:
+        raise ValueError(f"cross_size_grad must be in [0, 1], got {cross_size_grad}")
     weights = size_weights_tensor(ladder, size_weights).to(hidden.device)
     dtype = torch.promote_types(torch.promote_types(hidden.dtype, items.dtype), torch.float32)
     hidden, items = (
@@ -179,7 +205,14 @@ def matryoshka_cross_entropy(
     if torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad):
         with torch.autocast(hidden.device.type, enabled=False):  # the loss's GEMMs in fp32 too
             total, per_size = _FusedMatryoshkaCE.apply(
-                hidden, targets, items, tuple(ladder), weights, budget_bytes, size_scales
+                hidden,
+                targets,
+                items,
+                tuple(ladder),
+                weights,
+                budget_bytes,
+                size_scales,
+                float(cross_size_grad),
             )
         return total, per_size.detach()
     chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
@@ -236,6 +269,7 @@ def full_softmax_sum(
     targets: torch.Tensor,
     size_weights: Sequence[float] | None,
     logit_scale_exponent: float = 0.0,
+    cross_size_grad: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """seq (B, L), targets (B, L) (0 = ignored) -> (total_sum, per_size_sum (M,) detached, count).
 
@@ -257,6 +291,7 @@ def full_softmax_sum(
         size_weights,
         model.config.loss_budget_bytes,
         size_logit_scales(model.ladder, logit_scale_exponent),
+        cross_size_grad,
     )
     return total * count, per_size * count, count
 
@@ -267,15 +302,23 @@ class FullSoftmaxLoss:
     ``loss(model, seq (B, L), targets (B, L), step_seed) -> (total_sum, per_size_sum (M,), count)``;
     ``step_seed`` is unused (the loss draws nothing). ``size_weights``: one per trained size, None = equal.
     ``logit_scale_exponent``: size s_m's logits are multiplied by ``(s_M / s_m) ** exponent`` (0 = off).
+    ``cross_size_grad``: how much of a larger size's gradient reaches the dimensions it shares with
+    the smaller sizes (1 = the exact Matryoshka gradient; see :func:`matryoshka_cross_entropy`).
     """
 
     def __init__(
-        self, size_weights: Sequence[float] | None = None, logit_scale_exponent: float = 0.0
+        self,
+        size_weights: Sequence[float] | None = None,
+        logit_scale_exponent: float = 0.0,
+        cross_size_grad: float = 1.0,
     ) -> None:
         if not 0.0 <= float(logit_scale_exponent) <= 2.0:
             raise ValueError(f"loss.logit_scale_exponent must be in [0, 2], got {logit_scale_exponent}")
+        if not 0.0 <= float(cross_size_grad) <= 1.0:
+            raise ValueError(f"loss.cross_size_grad must be in [0, 1], got {cross_size_grad}")
         self.size_weights = list(size_weights) if size_weights is not None else None
         self.logit_scale_exponent = float(logit_scale_exponent)
+        self.cross_size_grad = float(cross_size_grad)
 
     def prepare(self, train_targets: torch.Tensor, num_items: int) -> None:
         """Nothing to learn from the training data."""
@@ -283,4 +326,6 @@ class FullSoftmaxLoss:
     def __call__(
         self, model, seq: torch.Tensor, targets: torch.Tensor, step_seed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
-        return full_softmax_sum(model, seq, targets, self.size_weights, self.logit_scale_exponent)
+        return full_softmax_sum(
+            model, seq, targets, self.size_weights, self.logit_scale_exponent, self.cross_size_grad
+        )

@@ -63,6 +63,16 @@ def block_mask(ladder: Sequence[int], k_out: int = 1, k_in: int = 1) -> torch.Te
     return (cols[None, :] < ends[:, None]).float()
 
 
+def cross_size_grad_mask(ladder: Sequence[int], k_out: int, k_in: int, g: float) -> torch.Tensor:
+    """(k_out*D, k_in*D) float: 1 where row chunk j reads its own input chunk j, ``g`` where it
+    reads an earlier chunk, 0 above the triangle: how much of each weight entry's path carries the
+    input gradient under the ``cross_size_grad`` rule (see ``NestedLinear``)."""
+    own_start = torch.tensor((0, *ladder[:-1]))[chunk_index(ladder, k_out)] * k_in  # (k_out*D,)
+    cols = torch.arange(k_in * ladder[-1])
+    earlier = (cols[None, :] < own_start[:, None]).float()
+    return block_mask(ladder, k_out, k_in) - (1.0 - g) * earlier
+
+
 def triangular_pieces(ladder: Sequence[int], k_out: int, k_in: int) -> tuple[int, list[tuple[int, int, int]]]:
     """How ``NestedLinear`` splits its block lower-triangular weight (k_out*D, k_in*D) into GEMMs.
 
@@ -109,14 +119,17 @@ class _TriangularLinear(torch.autograd.Function):
     x (n, in), weight (out, in), mask (rows, cols) 0/1 of the prefix piece or None -> (n, out).
     Under autocast the GEMMs run in its dtype (inputs and weight pieces cast once, kept for
     backward); the weight gradient is written into one fp32 buffer, zero outside the triangle.
+    ``cross_grad`` = (g, prefix grad mask or None) < 1 scales the input gradient that output chunk
+    j sends into the earlier input chunks (see ``NestedLinear``); None = the exact gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, pieces, prefix_mask):
+    def forward(ctx, x, weight, bias, pieces, prefix_mask, cross_grad=None):
         out, xc, ws = _triangular_forward(x, weight, bias, pieces, prefix_mask)
         ctx.save_for_backward(xc, *ws)
         ctx.pieces, ctx.has_mask, ctx.has_bias = pieces, prefix_mask is not None, bias is not None
         ctx.x_dtype, ctx.w_shape, ctx.w_dtype = x.dtype, weight.shape, weight.dtype
+        ctx.cross_grad = cross_grad
         if ctx.has_mask:
             ctx.mask = prefix_mask
         return out
@@ -127,7 +140,10 @@ class _TriangularLinear(torch.autograd.Function):
         g = grad_out.to(xc.dtype)
         grad_x = grad_w = grad_b = None
         last = len(ctx.pieces) - 1
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.cross_grad is not None:
+            grad_x = _cross_size_input_grad(g, ws, ctx.pieces, ctx.has_mask, *ctx.cross_grad)
+            grad_x = grad_x.to(ctx.x_dtype)
+        elif ctx.needs_input_grad[0]:
             # the last piece reads every input column: it initialises grad_x, the others add to a prefix
             r0, r1, _ = ctx.pieces[last]
             grad_x = (g[:, r0:r1] @ ws[last]).to(ctx.x_dtype)
@@ -142,7 +158,27 @@ class _TriangularLinear(torch.autograd.Function):
                 grad_w[r0:r1, :c] = piece
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_out.sum(0)
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def _cross_size_input_grad(g, ws, pieces, has_mask, scale, prefix_grad_mask):
+    """dL/dx (n, in) under the cross-size rule: piece i's columns before its own chunk times ``scale``.
+
+    The masked prefix piece uses ``prefix_grad_mask`` (``cross_size_grad_mask`` of its chunks);
+    every later piece is one output chunk j whose own input columns start where the previous
+    piece's columns end.
+    """
+    grad_x = g.new_zeros(g.shape[0], pieces[-1][2])
+    for i, ((r0, r1, c), w) in enumerate(zip(pieces, ws)):
+        if i == 0:
+            w = w * prefix_grad_mask.to(w.dtype) if has_mask else w
+            grad_x[:, :c] += g[:, r0:r1] @ w
+            continue
+        part = g[:, r0:r1] @ w  # (n, c)
+        own = pieces[i - 1][2]
+        grad_x[:, own:c] += part[:, own:]
+        grad_x[:, :own] += scale * part[:, :own]
+    return grad_x
 
 
 class NestedLinear(nn.Module):
@@ -173,6 +209,8 @@ class NestedLinear(nn.Module):
     ):
         super().__init__()
         self.ladder = validate_ladder(ladder)
+        self.cross_size_grad = 1.0  # set model-wide by ``set_cross_size_grad``
+        self._grad_mask: tuple[float, torch.Tensor] | None = None
         self.k_in, self.k_out, self.nested_input = k_in, k_out, in_features is None
         width = self.ladder[-1]
         fan_in = in_features if in_features is not None else k_in * width
@@ -223,14 +261,41 @@ class NestedLinear(nn.Module):
             return F.linear(x, self.weight, self.bias)
         flat = x.reshape(-1, x.shape[-1])
         if torch.is_grad_enabled() and (flat.requires_grad or self.weight.requires_grad):
-            out = _TriangularLinear.apply(flat, self.weight, self.bias, self.pieces, self.prefix_mask)
+            out = _TriangularLinear.apply(
+                flat, self.weight, self.bias, self.pieces, self.prefix_mask, self._cross_grad()
+            )
         else:  # inference (and torch.export): the same pieces without the autograd Function
             out = _triangular_forward(flat, self.weight, self.bias, self.pieces, self.prefix_mask)[0]
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def forward_reference(self, x: torch.Tensor) -> torch.Tensor:
-        """The same map as ONE masked dense GEMM: what ``forward`` is tested against."""
-        return F.linear(x, self.effective_weight(), self.bias)
+        """The same map as ONE masked dense GEMM: what ``forward`` is tested against; under
+        ``cross_size_grad`` < 1 its input gradient is the rule's too (chunk by chunk, stop-gradient)."""
+        if self.cross_size_grad == 1.0 or self.pieces is None:
+            return F.linear(x, self.effective_weight(), self.bias)
+        w, g = self.effective_weight(), self.cross_size_grad
+        outs = []
+        for j, (a, b) in enumerate(chunk_bounds(self.ladder, self.k_out)):
+            start, end = (0, *self.ladder)[j] * self.k_in, self.ladder[j] * self.k_in
+            earlier = x[..., :start]
+            earlier = g * earlier + (1.0 - g) * earlier.detach()
+            inp = torch.cat([earlier, x[..., start:end]], dim=-1)
+            outs.append(F.linear(inp, w[a:b, :end], None if self.bias is None else self.bias[a:b]))
+        return torch.cat(outs, dim=-1)
+
+    def _cross_grad(self) -> tuple[float, torch.Tensor | None] | None:
+        """(g, the prefix piece's gradient mask) when ``cross_size_grad`` < 1, else None (cached)."""
+        g = float(self.cross_size_grad)
+        if g == 1.0:
+            return None
+        if self.prefix_mask is None:
+            return g, None
+        if self._grad_mask is None or self._grad_mask[0] != g:
+            rows, cols = self.prefix_mask.shape
+            prefix_ladder = tuple(s for s in self.ladder if s * self.k_out <= rows)
+            mask = cross_size_grad_mask(prefix_ladder, self.k_out, self.k_in, g)
+            self._grad_mask = (g, mask.to(self.prefix_mask.device))
+        return g, self._grad_mask[1]
 
     def sliced_state(self, d: int) -> dict[str, torch.Tensor]:
         rows = self.k_out * d
@@ -242,6 +307,24 @@ class NestedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"ladder={self.ladder}, k_in={self.k_in}, k_out={self.k_out}, nested_input={self.nested_input}"
+
+
+def set_cross_size_grad(module: nn.Module, g: float) -> None:
+    """Set the cross-size gradient rule on every ``NestedLinear`` in ``module``.
+
+    ``g`` in [0, 1] multiplies the gradient an output chunk j sends back into the earlier input
+    chunks (the dims it shares with the smaller sizes); the forward pass is unchanged, so the
+    slicing invariant and every prediction are too. 1 = the exact gradient; 0 = (with the loss's
+    own rule, ``loss.cross_size_grad``, at 0 as well) the parameters of chunk j, the dims size s_j
+    adds, are trained by the size-s_j loss only: the smallest size learns as a model of its width
+    alone would, each larger size learns its new dims on top of the smaller ones, which it reads
+    but does not train (tests/recsys/test_model.py checks this parameter by parameter).
+    """
+    if not 0.0 <= float(g) <= 1.0:
+        raise ValueError(f"cross_size_grad must be in [0, 1], got {g}")
+    for m in module.modules():
+        if isinstance(m, NestedLinear):
+            m.cross_size_grad = float(g)
 
 
 class NestedLayerNorm(nn.Module):

@@ -60,6 +60,8 @@ def test_optimizer_group_is_placed_under_the_trainer():
         (["trainer.monitor=ndcg@7"], "trainer.monitor"),
         (["data.cold_targets=filter"], "data.cold_targets"),
         (["loss.logit_scale_exponent=3"], "loss.logit_scale_exponent"),
+        (["loss.cross_size_grad=-0.5"], "loss.cross_size_grad must be in [0, 1]"),
+        (["model.cross_size_grad=1.5"], "model.cross_size_grad must be in [0, 1]"),
         (["loss.size_weights=[1,2]"], "loss.size_weights has 2 weights"),
         (["backbone.dropout=1.5"], "backbone.dropout"),
         (["trainer.monitor_size=12"], "trainer.monitor_size=12"),
@@ -99,3 +101,26 @@ def test_width_truncates_the_ladder():
 def test_absurd_training_values_are_rejected_naming_the_key(override, message):
     with pytest.raises(ValueError, match=message):
         validate(compose_cfg(override))
+
+
+def test_keys_added_since_a_checkpoint_take_the_value_the_old_run_behaved_with():
+    from recsys.config import ADDED_KEY_DEFAULTS, check_resume_changes, with_added_defaults
+
+    old = {
+        "loss": {"_target_": "recsys.losses.matryoshka.FullSoftmaxLoss"},
+        "model": {"width": 64},
+        "data": {"name": "ml-100k"},
+    }
+    filled = with_added_defaults(old)
+    assert filled["loss"]["cross_size_grad"] == 1.0 and filled["model"]["cross_size_grad"] == 1.0
+    assert "cross_size_grad" not in old["model"]  # the checkpoint's dict is not modified
+    for (group, key), value in ADDED_KEY_DEFAULTS.items():
+        assert filled[group][key] == value
+    # a run resumed with the value the old run behaved with is no change; another value is refused
+    check_resume_changes(old, filled, [], "ckpt")
+    changed = with_added_defaults(old)
+    changed["model"]["cross_size_grad"] = 0.0
+    with pytest.raises(ValueError, match=r"model.cross_size_grad: 1.0 -> 0.0"):
+        check_resume_changes(old, changed, [], "ckpt")
+    sampled = with_added_defaults({"loss": {"_target_": "recsys.losses.sampled.SampledSoftmaxLoss"}})
+    assert "cross_size_grad" not in sampled["loss"]  # keys of the full-softmax option only

@@ -109,3 +109,44 @@ def test_size_weights_default_equal_and_validated():
 def test_positions_per_chunk_respects_budget():
     assert positions_per_chunk(8, 20_001, 1 << 30) * 8 * 20_001 * 4 <= 1 << 30
     assert positions_per_chunk(8, 20_001, 1) == 1
+
+
+def _scaled_grad(x: torch.Tensor, g: float) -> torch.Tensor:
+    """x forward, g * dL/dx backward."""
+    return g * x + (1.0 - g) * x.detach()
+
+
+@pytest.mark.parametrize("g", [0.0, 0.3])
+@pytest.mark.parametrize("budget", [1 << 30, 4 * 4 * 21 * 2])  # one chunk; chunks of 2 (M + 1 slabs)
+def test_cross_size_grad_equals_naive_stop_gradient_reference(g, budget):
+    """Size m's logits = P_m + sum_{c<m} (g P_c + (1-g) sg(P_c)): same loss value, scaled gradients."""
+    from recsys.nn.nested import chunk_bounds
+
+    torch.manual_seed(2)
+    hidden = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(21, 40, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 21, (9,))
+    weights = [1.0, 2.0, 1.0]
+    w = size_weights_tensor(LADDER, weights).double()
+    total, per_size = matryoshka_cross_entropy(
+        hidden, targets, items, LADDER, weights, budget_bytes=budget, cross_size_grad=g
+    )
+    partials = [hidden[:, a:b] @ items[:, a:b].T for a, b in chunk_bounds(LADDER)]
+    ref_total = 0.0
+    for m in range(len(LADDER)):
+        logits = partials[m] + sum((_scaled_grad(p, g) for p in partials[:m]), torch.zeros_like(partials[m]))
+        logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], 1)
+        ref_total = ref_total + w[m] * F.cross_entropy(logits, targets)
+    exact_total, exact_per_size = naive_loss(hidden, targets, items, LADDER, w)
+    torch.testing.assert_close(total, exact_total)  # the value is the exact Matryoshka loss
+    torch.testing.assert_close(per_size, exact_per_size.detach())
+    grads = torch.autograd.grad(total, (hidden, items))
+    ref = torch.autograd.grad(ref_total, (hidden, items))
+    exact = torch.autograd.grad(exact_total, (hidden, items))
+    torch.testing.assert_close(grads[0], ref[0])
+    torch.testing.assert_close(grads[1], ref[1])
+    assert not torch.allclose(grads[0], exact[0])  # the rule really changes the gradient
+    # the widest chunk's dims are reached by the widest size only: exact there
+    torch.testing.assert_close(grads[0][:, 12:], exact[0][:, 12:])
+    with pytest.raises(ValueError, match="cross_size_grad"):
+        matryoshka_cross_entropy(hidden, targets, items, LADDER, cross_size_grad=1.5)

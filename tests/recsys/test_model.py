@@ -282,3 +282,55 @@ def test_no_module_of_recsys_nn_imports_the_model():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert not {m for m in imported if m and (m == "recsys.model" or m.startswith("recsys.model."))}, path
+
+
+def _own_chunk_grads(model, d_index):
+    """Gradient of every parameter on the elements of chunk ``d_index`` that no smaller size has:
+    the width-d slice minus the previous size's slice (zeros where no gradient), keyed by name."""
+    ladder = model.ladder
+    inside = {k: v.shape for k, v in sliced_state_dict(model, ladder[d_index]).items()}
+    before = {k: v.shape for k, v in sliced_state_dict(model, ladder[d_index - 1]).items()} if d_index else {}
+    out = {}
+    for name, p in model.named_parameters():
+        if name not in inside:
+            continue
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        region = torch.zeros_like(p, dtype=torch.bool)
+        region[tuple(slice(0, s) for s in inside[name])] = True
+        if name in before:
+            region[tuple(slice(0, s) for s in before[name])] = False
+        out[name] = g[region].clone()
+    return out
+
+
+@pytest.mark.parametrize("projector_hidden", [0, 2])
+def test_cross_size_grad_0_trains_each_chunk_by_its_own_size_only(projector_hidden):
+    """With the rule at 0 in the layers and at the scores, the parameters of chunk j (the dims size
+    s_j adds) get the gradient of the size-s_j loss alone: the smallest size learns as a model of
+    its width alone would, each larger one learns its new dims on top of the smaller ones."""
+    kw = dict(use_id_table=True, num_blocks=2, dropout=0.0, projector_hidden=projector_hidden)
+    m = 3
+    for d_index in range(m):
+        model = make_model(cross_size_grad=0.0, **kw)
+        model.loss(*batch(), cross_size_grad=0.0)[0].backward()
+        everything = _own_chunk_grads(model, d_index)
+        alone = make_model(cross_size_grad=0.0, **kw)
+        weights = [1.0 if j == d_index else 0.0 for j in range(m)]
+        alone.loss(*batch(), size_weights=weights, cross_size_grad=0.0)[0].backward()
+        own = _own_chunk_grads(alone, d_index)
+        assert any(g.abs().sum() > 0 for g in own.values())
+        for name in own:
+            torch.testing.assert_close(everything[name] * m, own[name], rtol=1e-4, atol=1e-6, msg=name)
+    # the exact gradient mixes the sizes: the same comparison fails without the rule
+    exact = make_model(**kw)
+    exact.loss(*batch())[0].backward()
+    mixed = _own_chunk_grads(exact, 0)
+    alone = make_model(**kw)
+    alone.loss(*batch(), size_weights=[1.0, 0.0, 0.0])[0].backward()
+    assert any(
+        not torch.allclose(mixed[k] * m, g, rtol=1e-4, atol=1e-6)
+        for k, g in _own_chunk_grads(alone, 0).items()
+    )
+    # the forward pass is the same whatever the rule: scores of every size equal
+    a, b = make_model(cross_size_grad=0.0, **kw).eval(), make_model(**kw).eval()
+    torch.testing.assert_close(a.score(batch()[0]), b.score(batch()[0]))

@@ -157,3 +157,31 @@ def test_bf16_autocast_runs_the_pieces_in_bf16_and_keeps_fp32_gradients():
     assert lin.weight.grad.dtype == torch.float32 and x.grad.dtype == torch.float32
     ref = lin.forward_reference(x)
     torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)  # bf16: 8 mantissa bits
+
+
+@pytest.mark.parametrize("g", [0.0, 0.4])
+@pytest.mark.parametrize(
+    "ladder,k_in,k_out", [((8, 16, 32, 64, 128, 256), 1, 1), ((4, 12, 40), 1, 2), ((8, 16, 32, 64), 3, 1)]
+)
+def test_cross_size_grad_pieces_equal_the_chunkwise_stop_gradient_reference(g, ladder, k_in, k_out):
+    from recsys.nn.nested import set_cross_size_grad
+
+    torch.manual_seed(0)
+    lin = NestedLinear(ladder, k_in=k_in, k_out=k_out).double()
+    set_cross_size_grad(lin, g)
+    x = torch.randn(5, k_in * ladder[-1], dtype=torch.float64, requires_grad=True)
+    out = lin(x)
+    ref = lin.forward_reference(x)
+    torch.testing.assert_close(out, ref)
+    upstream = torch.randn_like(out)
+    gx, gw = torch.autograd.grad(out, (x, lin.weight), upstream)
+    rx, rw = torch.autograd.grad(ref, (x, lin.weight), upstream)
+    torch.testing.assert_close(gx, rx)
+    torch.testing.assert_close(gw, rw)  # the weight gradient is the exact one
+    set_cross_size_grad(lin, 1.0)
+    exact = torch.autograd.grad(lin(x), x, upstream)[0]
+    assert not torch.allclose(gx, exact)
+    last = k_in * ladder[-2]
+    torch.testing.assert_close(gx[:, last:], exact[:, last:])  # the widest chunk's inputs: exact
+    with pytest.raises(ValueError, match="cross_size_grad"):
+        set_cross_size_grad(lin, -0.1)
