@@ -290,8 +290,9 @@ class NestedLinear(nn.Module):
             return None
         if self.prefix_mask is None:
             return g, None
-        if self._grad_mask is None or self._grad_mask[0] != g:
-            rows, cols = self.prefix_mask.shape
+        cached = self._grad_mask
+        if cached is None or cached[0] != g or cached[1].device != self.prefix_mask.device:
+            rows = self.prefix_mask.shape[0]
             prefix_ladder = tuple(s for s in self.ladder if s * self.k_out <= rows)
             mask = cross_size_grad_mask(prefix_ladder, self.k_out, self.k_in, g)
             self._grad_mask = (g, mask.to(self.prefix_mask.device))
