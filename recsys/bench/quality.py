@@ -142,6 +142,11 @@ RECIPES: dict[str, Recipe] = {
             "at the scores only: chunk c of the user and item vectors trained by size s_c's loss alone",
         ),
         Recipe(
+            "cross_grad_scores_0.5",
+            ("loss.cross_size_grad=0.5",),
+            "at the scores only: larger sizes' gradient into the smaller sizes' dims of the user and item vectors times 0.5",
+        ),
+        Recipe(
             "cross_grad_0",
             ("loss.cross_size_grad=0", "model.cross_size_grad=0"),
             "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",
@@ -201,14 +206,21 @@ def resolved_config(spec: RunSpec) -> dict[str, Any]:
     return OmegaConf.to_container(compose_config(spec.command()[3:]), resolve=True)
 
 
+# Keys that say where a run lives, not what it trains: a run folder moved or named by another
+# path (relative vs absolute) is still the same run.
+_LOCATION_KEYS = frozenset({"run_dir"})
+
+
 def _stale_keys(expected: dict[str, Any], saved: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two resolved configurations."""
+    """Dotted keys whose values differ between two resolved configurations (location keys aside)."""
     if not isinstance(saved, dict):
         return [prefix or "<root>"]
     out = []
     for key in sorted(set(expected) | set(saved)):
-        a, b = expected.get(key), saved.get(key)
         name = f"{prefix}.{key}" if prefix else str(key)
+        if name in _LOCATION_KEYS:
+            continue
+        a, b = expected.get(key), saved.get(key)
         out += _stale_keys(a, b, name) if isinstance(a, dict) else ([name] if a != b else [])
     return out
 

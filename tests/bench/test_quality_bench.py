@@ -75,6 +75,9 @@ def test_stale_keys_name_every_difference():
     assert quality._stale_keys(expected, expected) == []
     assert quality._stale_keys(expected, {"a": 1, "b": {"c": 3, "d": [1, 2]}, "e": 0}) == ["b.c", "e"]
     assert quality._stale_keys(expected, None) == ["<root>"]
+    # where the run lives is not what it trains: a moved run folder is reused
+    assert quality._stale_keys({**expected, "run_dir": "/a/seed1"}, {**expected, "run_dir": "b/seed1"}) == []
+    assert quality._stale_keys({"x": {"run_dir": 1}}, {"x": {"run_dir": 2}}) == ["x.run_dir"]
 
 
 def test_stock_sasrec_targets_use_the_mean_of_its_seeds():
