@@ -118,6 +118,8 @@ class FullSoftmaxSchema(LossSchema):
     logit_scale_exponent: float = 0.0
     # share of a larger size's gradient reaching the dims it shares with smaller sizes (1 = exact MRL)
     cross_size_grad: float = 1.0
+    # the same, one value per size of the ladder (chunk by chunk); None = cross_size_grad everywhere
+    cross_size_grad_chunks: list[float] | None = None
 
 
 @dataclass
@@ -249,6 +251,15 @@ def validate(cfg: DictConfig) -> None:
         raise ValueError(f"model.cross_size_grad must be in [0, 1], got {cfg.model.cross_size_grad}")
     if not 0.0 <= float(cfg.loss.get("cross_size_grad", 1.0)) <= 1.0:
         raise ValueError(f"loss.cross_size_grad must be in [0, 1], got {cfg.loss.cross_size_grad}")
+    chunks = cfg.loss.get("cross_size_grad_chunks")
+    if chunks is not None:
+        if len(chunks) != len(sizes) or not all(0.0 <= float(g) <= 1.0 for g in chunks):
+            raise ValueError(
+                f"loss.cross_size_grad_chunks needs {len(sizes)} values in [0, 1] (one per size "
+                f"{list(sizes)}), got {list(chunks)}"
+            )
+        if float(cfg.loss.get("cross_size_grad", 1.0)) != 1.0:
+            raise ValueError("set loss.cross_size_grad or loss.cross_size_grad_chunks, not both")
     if cfg.loss.size_weights is not None:
         if len(cfg.loss.size_weights) != len(sizes):
             raise ValueError(
@@ -395,6 +406,7 @@ def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "
 ADDED_KEY_DEFAULTS = {
     ("loss", "logit_scale_exponent"): 0.0,
     ("loss", "cross_size_grad"): 1.0,
+    ("loss", "cross_size_grad_chunks"): None,
     ("model", "cross_size_grad"): 1.0,
     ("data", "cold_targets"): "keep",
     ("data", "k_core"): None,

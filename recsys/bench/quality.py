@@ -147,6 +147,11 @@ RECIPES: dict[str, Recipe] = {
             "at the scores only: larger sizes' gradient into the smaller sizes' dims of the user and item vectors times 0.5",
         ),
         Recipe(
+            "cross_grad_scores_first",
+            ("loss.cross_size_grad_chunks=[0,1,1,1,1,1]",),
+            "at the scores, first chunk only: dims [:8] of the user and item vectors trained by the d=8 loss alone",
+        ),
+        Recipe(
             "cross_grad_0",
             ("loss.cross_size_grad=0", "model.cross_size_grad=0"),
             "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",

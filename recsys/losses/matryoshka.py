@@ -70,6 +70,25 @@ def positions_per_chunk(num_sizes: int, num_rows: int, budget_bytes: int) -> int
     return max(1, budget_bytes // (4 * num_sizes * num_rows))
 
 
+def per_chunk_cross_size_grad(cross_size_grad: float | Sequence[float], num_sizes: int) -> tuple[float, ...]:
+    """The cross-size gradient rule as one g_c in [0, 1] per chunk of the ladder (M,).
+
+    >>> per_chunk_cross_size_grad(0.5, 3)
+    (0.5, 0.5, 0.5)
+    >>> per_chunk_cross_size_grad([0, 1, 1], 3)
+    (0.0, 1.0, 1.0)
+    """
+    if isinstance(cross_size_grad, (int, float)):
+        gs = (float(cross_size_grad),) * num_sizes
+    else:
+        gs = tuple(float(g) for g in cross_size_grad)
+        if len(gs) != num_sizes:
+            raise ValueError(f"cross_size_grad needs one value per size ({num_sizes}), got {list(gs)}")
+    if not all(0.0 <= g <= 1.0 for g in gs):
+        raise ValueError(f"cross_size_grad must be in [0, 1], got {list(gs)}")
+    return gs
+
+
 def _chunk_loss(
     hidden: torch.Tensor,
     targets: torch.Tensor,
@@ -79,7 +98,7 @@ def _chunk_loss(
     scale: float,
     grad_items: torch.Tensor | None = None,
     size_scales: Sequence[float] | None = None,
-    cross_size_grad: float = 1.0,
+    cross_size_grad: float | Sequence[float] = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk of positions, no autograd: summed CE per size (M,) and, if ``grad_items`` (N+1, D)
     is given, dL/dh (p, D) of ``scale * sum_m w_m * sum_p CE_m[p]``, dL/dE being added into ``grad_items``.
@@ -98,12 +117,13 @@ def _chunk_loss(
         return ce_sum, None
     # In place, from the largest size down: logits[m] becomes R_m = sum_{m' >= m} G_m', with
     # G_m = w_m * scale * t_m * (softmax_m - onehot(target)) = dLoss/d(unscaled logits_m).
-    # With cross_size_grad = g < 1: R_m = G_m + g * S_{m+1}, S_{m+1} = sum_{m' > m} G_m' kept in
-    # one extra (p, N+1) buffer, as (1 - g) G_m + g S_m.
+    # With cross_size_grad g_m < 1 for chunk m: R_m = G_m + g_m * S_{m+1}, S_{m+1} = sum_{m' > m} G_m'
+    # kept in one extra (p, N+1) buffer, as (1 - g_m) G_m + g_m S_m.
     factors = (weights * scale).tolist()
     if size_scales is not None:
         factors = [f * t for f, t in zip(factors, size_scales)]
-    g = float(cross_size_grad)
+    gs = per_chunk_cross_size_grad(cross_size_grad, len(ladder))
+    exact = all(g == 1.0 for g in gs)
     suffix = None
     for m in range(len(ladder) - 1, -1, -1):
         grad = logits[m]  # (p, N+1)
@@ -111,14 +131,17 @@ def _chunk_loss(
         grad[rows, targets] -= 1.0
         if m == len(ladder) - 1:
             grad.mul_(factors[m])
-            if g != 1.0 and m > 0:
+            if not exact and m > 0:
                 suffix = grad.clone()
-        elif g == 1.0:
+        elif exact:
             torch.add(logits[m + 1], grad, alpha=factors[m], out=grad)
         else:
             grad.mul_(factors[m])
             suffix.add_(grad)  # S_m
-            grad.mul_(1.0 - g).add_(suffix, alpha=g)
+            if gs[m] == 1.0:
+                grad.copy_(suffix)
+            else:
+                grad.mul_(1.0 - gs[m]).add_(suffix, alpha=gs[m])
     grad_h = torch.empty_like(hidden)
     for c, (a, b) in enumerate(chunk_bounds(ladder)):
         grad_h[:, a:b] = logits[c] @ items[:, a:b]  # (p, N+1) @ (N+1, s_c)
@@ -129,8 +152,8 @@ def _chunk_loss(
 class _FusedMatryoshkaCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, targets, items, ladder, weights, budget_bytes, size_scales, cross_size_grad):
-        # one more (p, N+1) buffer when cross_size_grad < 1 (the running sum of larger sizes' gradients)
-        slabs = len(ladder) + (cross_size_grad != 1.0)
+        # one more (p, N+1) buffer when a cross_size_grad < 1 (the running sum of larger sizes' gradients)
+        slabs = len(ladder) + any(g != 1.0 for g in cross_size_grad)
         chunk = positions_per_chunk(slabs, items.shape[0], budget_bytes)
         num = hidden.shape[0]
         per_size = hidden.new_zeros(len(ladder))
@@ -169,7 +192,7 @@ def matryoshka_cross_entropy(
     size_weights: Sequence[float] | None = None,
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     size_scales: Sequence[float] | None = None,
-    cross_size_grad: float = 1.0,
+    cross_size_grad: float | Sequence[float] = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Matryoshka full-softmax cross-entropy.
 
@@ -184,10 +207,10 @@ def matryoshka_cross_entropy(
     ``P_m + sum_{c<m} (g P_c + (1 - g) stop_grad(P_c))``. 1 = the exact Matryoshka gradient; 0 =
     chunk c of h and E is trained by the size-s_c loss only, each larger size learning its new
     dimensions on top of the smaller ones (the nested layers' counterpart:
-    ``recsys.nn.nested.set_cross_size_grad``, ``model.cross_size_grad``).
+    ``recsys.nn.nested.set_cross_size_grad``, ``model.cross_size_grad``). A sequence of M values
+    gives each chunk c its own g_c (the widest chunk's value has no effect: no larger size reaches it).
     """
-    if not 0.0 <= float(cross_size_grad) <= 1.0:
-        raise ValueError(f"cross_size_grad must be in [0, 1], got {cross_size_grad}")
+    cross_size_grad = per_chunk_cross_size_grad(cross_size_grad, len(ladder))
     weights = size_weights_tensor(ladder, size_weights).to(hidden.device)
     dtype = torch.promote_types(torch.promote_types(hidden.dtype, items.dtype), torch.float32)
     hidden, items = (
@@ -212,7 +235,7 @@ def matryoshka_cross_entropy(
                 weights,
                 budget_bytes,
                 size_scales,
-                float(cross_size_grad),
+                cross_size_grad,
             )
         return total, per_size.detach()
     chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
@@ -269,7 +292,7 @@ def full_softmax_sum(
     targets: torch.Tensor,
     size_weights: Sequence[float] | None,
     logit_scale_exponent: float = 0.0,
-    cross_size_grad: float = 1.0,
+    cross_size_grad: float | Sequence[float] = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """seq (B, L), targets (B, L) (0 = ignored) -> (total_sum, per_size_sum (M,) detached, count).
 
@@ -303,7 +326,9 @@ class FullSoftmaxLoss:
     ``step_seed`` is unused (the loss draws nothing). ``size_weights``: one per trained size, None = equal.
     ``logit_scale_exponent``: size s_m's logits are multiplied by ``(s_M / s_m) ** exponent`` (0 = off).
     ``cross_size_grad``: how much of a larger size's gradient reaches the dimensions it shares with
-    the smaller sizes (1 = the exact Matryoshka gradient; see :func:`matryoshka_cross_entropy`).
+    the smaller sizes (1 = the exact Matryoshka gradient; see :func:`matryoshka_cross_entropy`);
+    ``cross_size_grad_chunks``: the same, one value per trained size (chunk c = the dims size s_c adds;
+    the widest chunk's value has no effect), e.g. ``[0, 1, 1, 1, 1, 1]``: the rule on the first chunk only.
     """
 
     def __init__(
@@ -311,14 +336,29 @@ class FullSoftmaxLoss:
         size_weights: Sequence[float] | None = None,
         logit_scale_exponent: float = 0.0,
         cross_size_grad: float = 1.0,
+        cross_size_grad_chunks: Sequence[float] | None = None,
     ) -> None:
         if not 0.0 <= float(logit_scale_exponent) <= 2.0:
             raise ValueError(f"loss.logit_scale_exponent must be in [0, 2], got {logit_scale_exponent}")
         if not 0.0 <= float(cross_size_grad) <= 1.0:
             raise ValueError(f"loss.cross_size_grad must be in [0, 1], got {cross_size_grad}")
+        if cross_size_grad_chunks is not None:
+            if float(cross_size_grad) != 1.0:
+                raise ValueError(
+                    "set loss.cross_size_grad or loss.cross_size_grad_chunks, not both "
+                    f"(got {cross_size_grad} and {list(cross_size_grad_chunks)})"
+                )
+            if not all(0.0 <= float(g) <= 1.0 for g in cross_size_grad_chunks):
+                raise ValueError(
+                    f"loss.cross_size_grad_chunks must be in [0, 1], got {list(cross_size_grad_chunks)}"
+                )
         self.size_weights = list(size_weights) if size_weights is not None else None
         self.logit_scale_exponent = float(logit_scale_exponent)
-        self.cross_size_grad = float(cross_size_grad)
+        self.cross_size_grad: float | list[float] = (
+            float(cross_size_grad)
+            if cross_size_grad_chunks is None
+            else [float(g) for g in cross_size_grad_chunks]
+        )
 
     def prepare(self, train_targets: torch.Tensor, num_items: int) -> None:
         """Nothing to learn from the training data."""

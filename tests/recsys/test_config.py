@@ -62,6 +62,8 @@ def test_optimizer_group_is_placed_under_the_trainer():
         (["loss.logit_scale_exponent=3"], "loss.logit_scale_exponent"),
         (["loss.cross_size_grad=-0.5"], "loss.cross_size_grad must be in [0, 1]"),
         (["model.cross_size_grad=1.5"], "model.cross_size_grad must be in [0, 1]"),
+        (["loss.cross_size_grad_chunks=[0,1]"], "loss.cross_size_grad_chunks needs"),
+        (["loss.cross_size_grad_chunks=[0,1,1,1,1,1,1,1]", "loss.cross_size_grad=0.5"], "not both"),
         (["loss.size_weights=[1,2]"], "loss.size_weights has 2 weights"),
         (["backbone.dropout=1.5"], "backbone.dropout"),
         (["trainer.monitor_size=12"], "trainer.monitor_size=12"),

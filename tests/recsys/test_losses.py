@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from recsys.losses.matryoshka import (
+    FullSoftmaxLoss,
     all_size_logits,
     matryoshka_cross_entropy,
     positions_per_chunk,
@@ -116,10 +117,10 @@ def _scaled_grad(x: torch.Tensor, g: float) -> torch.Tensor:
     return g * x + (1.0 - g) * x.detach()
 
 
-@pytest.mark.parametrize("g", [0.0, 0.3])
+@pytest.mark.parametrize("g", [0.0, 0.3, (0.0, 1.0, 1.0), (1.0, 0.2, 0.7)])  # one g; one per chunk
 @pytest.mark.parametrize("budget", [1 << 30, 4 * 4 * 21 * 2])  # one chunk; chunks of 2 (M + 1 slabs)
 def test_cross_size_grad_equals_naive_stop_gradient_reference(g, budget):
-    """Size m's logits = P_m + sum_{c<m} (g P_c + (1-g) sg(P_c)): same loss value, scaled gradients."""
+    """Size m's logits = P_m + sum_{c<m} (g_c P_c + (1-g_c) sg(P_c)): same loss value, scaled gradients."""
     from recsys.nn.nested import chunk_bounds
 
     torch.manual_seed(2)
@@ -134,7 +135,9 @@ def test_cross_size_grad_equals_naive_stop_gradient_reference(g, budget):
     partials = [hidden[:, a:b] @ items[:, a:b].T for a, b in chunk_bounds(LADDER)]
     ref_total = 0.0
     for m in range(len(LADDER)):
-        logits = partials[m] + sum((_scaled_grad(p, g) for p in partials[:m]), torch.zeros_like(partials[m]))
+        gs = [g] * len(LADDER) if isinstance(g, float) else list(g)
+        scaled = (_scaled_grad(p, gs[c]) for c, p in enumerate(partials[:m]))
+        logits = partials[m] + sum(scaled, torch.zeros_like(partials[m]))
         logits = torch.cat([torch.full_like(logits[:, :1], float("-inf")), logits[:, 1:]], 1)
         ref_total = ref_total + w[m] * F.cross_entropy(logits, targets)
     exact_total, exact_per_size = naive_loss(hidden, targets, items, LADDER, w)
@@ -148,5 +151,19 @@ def test_cross_size_grad_equals_naive_stop_gradient_reference(g, budget):
     assert not torch.allclose(grads[0], exact[0])  # the rule really changes the gradient
     # the widest chunk's dims are reached by the widest size only: exact there
     torch.testing.assert_close(grads[0][:, 12:], exact[0][:, 12:])
+    if g == (0.0, 1.0, 1.0):  # the rule on the first chunk only: every other chunk exact
+        torch.testing.assert_close(grads[0][:, 4:], exact[0][:, 4:])
     with pytest.raises(ValueError, match="cross_size_grad"):
         matryoshka_cross_entropy(hidden, targets, items, LADDER, cross_size_grad=1.5)
+    with pytest.raises(ValueError, match="one value per size"):
+        matryoshka_cross_entropy(hidden, targets, items, LADDER, cross_size_grad=[0.0, 1.0])
+
+
+def test_full_softmax_loss_takes_the_rule_per_chunk_or_once():
+    loss = FullSoftmaxLoss(cross_size_grad_chunks=[0, 1, 1])
+    assert loss.cross_size_grad == [0.0, 1.0, 1.0]
+    assert FullSoftmaxLoss(cross_size_grad=0.5).cross_size_grad == 0.5
+    with pytest.raises(ValueError, match="not both"):
+        FullSoftmaxLoss(cross_size_grad=0.5, cross_size_grad_chunks=[0, 1, 1])
+    with pytest.raises(ValueError, match="cross_size_grad_chunks must be in"):
+        FullSoftmaxLoss(cross_size_grad_chunks=[0, 2, 1])
