@@ -30,6 +30,8 @@ import torch
 from recsys.nn.nested import chunk_bounds
 
 DEFAULT_BUDGET_BYTES = 1 << 28  # 256 MiB: GEMMs stay large (hundreds of rows), memory stays small
+# below this, -log p(target) from an fp32 softmax is not exact (subnormal range near 1e-38): recomputed
+_TINY_PROBABILITY = 1e-30
 
 
 def size_weights_tensor(ladder: Sequence[int], size_weights: Sequence[float] | None) -> torch.Tensor:
@@ -110,10 +112,10 @@ def _chunk_loss(
     logits[:, :, 0] = float("-inf")  # padding is never a candidate
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     ce_sum = hidden.new_empty(len(ladder))
-    for m in range(len(ladder)):
-        # log_softmax/softmax kernels, not logsumexp/exp_: exp of very negative logits is slow on CPU.
-        ce_sum[m] = -torch.log_softmax(logits[m], dim=-1)[rows, targets].sum()
     if grad_items is None:
+        for m in range(len(ladder)):
+            # log_softmax/softmax kernels, not logsumexp/exp_: exp of very negative logits is slow on CPU.
+            ce_sum[m] = -torch.log_softmax(logits[m], dim=-1)[rows, targets].sum()
         return ce_sum, None
     # In place, from the largest size down: logits[m] becomes R_m = sum_{m' >= m} G_m', with
     # G_m = w_m * scale * t_m * (softmax_m - onehot(target)) = dLoss/d(unscaled logits_m).
@@ -128,7 +130,17 @@ def _chunk_loss(
     for m in range(len(ladder) - 1, -1, -1):
         grad = logits[m]  # (p, N+1)
         torch._softmax(grad, -1, False, out=grad)  # in-place softmax (row-wise kernel, safe)
-        grad[rows, targets] -= 1.0
+        # CE = -log p(target) from the softmax just taken: one pass over the logits fewer than a
+        # separate log_softmax (the loss is memory-bound); exact where p(target) is not tiny, and
+        # recomputed from the logits of those rows where it is (fp32 would lose it below ~1e-38)
+        p_target = grad[rows, targets]  # (p,)
+        ce = -torch.log(p_target)
+        tiny = p_target < _TINY_PROBABILITY
+        if bool(tiny.any()):
+            scale_m = 1.0 if size_scales is None else size_scales[m]
+            ce[tiny] = _exact_ce(hidden[tiny], targets[tiny], items, ladder[m], scale_m)
+        ce_sum[m] = ce.sum()
+        grad[rows, targets] = p_target - 1.0
         if m == len(ladder) - 1:
             grad.mul_(factors[m])
             if not exact and m > 0:
@@ -144,9 +156,19 @@ def _chunk_loss(
                 grad.mul_(1.0 - gs[m]).add_(suffix, alpha=gs[m])
     grad_h = torch.empty_like(hidden)
     for c, (a, b) in enumerate(chunk_bounds(ladder)):
-        grad_h[:, a:b] = logits[c] @ items[:, a:b]  # (p, N+1) @ (N+1, s_c)
-        grad_items[:, a:b] += logits[c].T @ hidden[:, a:b]  # (N+1, p) @ (p, s_c)
+        # written into the column slices in place (BLAS strides): no temporaries, no extra add pass
+        torch.mm(logits[c], items[:, a:b], out=grad_h[:, a:b])  # (p, N+1) @ (N+1, s_c)
+        grad_items[:, a:b].addmm_(logits[c].T, hidden[:, a:b])  # += (N+1, p) @ (p, s_c)
     return ce_sum, grad_h
+
+
+def _exact_ce(
+    hidden: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, size: int, scale: float
+) -> torch.Tensor:
+    """(r,) CE at one size of r positions, from their logits recomputed: hidden (r, D), targets (r,)."""
+    logits = hidden[:, :size] @ items[:, :size].T * scale  # (r, N+1)
+    logits[:, 0] = float("-inf")
+    return -torch.log_softmax(logits, dim=-1).gather(1, targets[:, None])[:, 0]
 
 
 class _FusedMatryoshkaCE(torch.autograd.Function):

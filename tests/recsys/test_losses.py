@@ -167,3 +167,24 @@ def test_full_softmax_loss_takes_the_rule_per_chunk_or_once():
         FullSoftmaxLoss(cross_size_grad=0.5, cross_size_grad_chunks=[0, 1, 1])
     with pytest.raises(ValueError, match="cross_size_grad_chunks must be in"):
         FullSoftmaxLoss(cross_size_grad_chunks=[0, 2, 1])
+
+
+def test_cross_entropy_stays_exact_where_the_target_probability_underflows():
+    """The training path reads CE = -log p(target) off its softmax; a target ~100 nats below the
+    best item (p ~ 1e-44, subnormal in fp32) must still get its exact CE, not inf or a rounded one."""
+    torch.manual_seed(3)
+    hidden = torch.randn(6, 40)
+    items = torch.randn(21, 40)
+    targets = torch.randint(1, 21, (6,))
+    items[targets[0]] = -hidden[0] * 3.0  # row 0: the target far below every other item
+    hidden64, items64 = hidden.double(), items.double()
+    w = size_weights_tensor(LADDER, None).double()
+    _, ref_per_size = naive_loss(hidden64, targets, items64, LADDER, w)
+    row0 = hidden64[:1] @ items64.T
+    row0[0, 0] = float("-inf")
+    assert -torch.log_softmax(row0, -1)[0, targets[0]] > 90  # really in fp32's subnormal range
+    h = hidden.clone().requires_grad_()
+    total, per_size = matryoshka_cross_entropy(h, targets, items.clone().requires_grad_(), LADDER)
+    torch.testing.assert_close(per_size.double(), ref_per_size, rtol=1e-5, atol=1e-4)
+    total.backward()
+    assert torch.isfinite(h.grad).all()
