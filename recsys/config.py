@@ -155,6 +155,9 @@ class TrainerSchema:
     log_every_n_steps: int = 10
     progress: bool = True
     stop_after_steps: int = 0  # > 0: save a checkpoint and exit after this many steps (simulated kill)
+    # > 0: wall-time budget of training + validation in minutes (resumed parts included): training
+    # stops after the step that reaches it, validates, and the best checkpoint is tested as usual
+    max_minutes: float = 0.0
     deterministic: bool = True
     max_nonfinite_steps: int = 0  # steps with a NaN/inf loss or gradient norm skipped before the run stops
     sharding: str = "auto"  # distributed item tables: auto (planner) | table_wise | row_wise | column_wise | data_parallel
@@ -316,6 +319,9 @@ def validate(cfg: DictConfig) -> None:
     ):
         if cfg.trainer.get(key, 0) < 0:
             raise ValueError(f"trainer.{key} must be >= 0, got {cfg.trainer[key]}")
+    max_minutes = cfg.trainer.get("max_minutes", 0.0)
+    if not math.isfinite(max_minutes) or max_minutes < 0:
+        raise ValueError(f"trainer.max_minutes must be >= 0 (0 = no time limit), got {max_minutes}")
     if not (math.isfinite(cfg.trainer.grad_clip)):
         raise ValueError(
             f"trainer.grad_clip must be finite (<= 0 disables clipping), got {cfg.trainer.grad_clip}"
@@ -384,6 +390,7 @@ RESUME_FREE_KEYS = (
     "trainer.progress",
     "trainer.log_every_n_steps",
     "trainer.stop_after_steps",
+    "trainer.max_minutes",
     "eval.batch_size",
 )
 

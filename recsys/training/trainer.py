@@ -354,7 +354,9 @@ class Trainer:
         return False
 
     def fit(self) -> str:
-        """Train until max_epochs, early stopping or ``stop_after_steps``. Returns the reason it stopped."""
+        """Train until max_epochs, early stopping, ``max_minutes`` or ``stop_after_steps``.
+
+        Returns the reason it stopped: max_epochs | early_stopping | max_minutes | stop_after_steps."""
         tcfg = self.cfg.trainer
         self.model.train()
         # A terminal gets a progress bar; a log file, CI or nohup gets a plain line every ~5% of the run
@@ -416,6 +418,17 @@ class Trainer:
                     if 0 < tcfg.stop_after_steps <= self.step:
                         self.save_checkpoint("last")
                         return "stop_after_steps"
+                    if 0 < tcfg.max_minutes and self.train_seconds() >= 60.0 * tcfg.max_minutes:
+                        log.info(
+                            "trainer.max_minutes=%g reached at step %d (epoch %d)",
+                            tcfg.max_minutes,
+                            self.step,
+                            self.epoch,
+                        )
+                        if not self.val_history or self.val_history[-1]["step"] != self.step:
+                            self.validate()
+                        self.save_checkpoint("last")  # a later run can resume it with a larger budget
+                        return "max_minutes"
                     if self.batch_in_epoch == 0:
                         break  # epoch finished: draw the next epoch's order
             if not self.val_history or self.val_history[-1]["step"] != self.step:

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from recsys.losses.matryoshka import (
     FullSoftmaxLoss,
+    _logits_to_gradients_,
     all_size_logits,
     matryoshka_cross_entropy,
     positions_per_chunk,
@@ -188,3 +189,33 @@ def test_cross_entropy_stays_exact_where_the_target_probability_underflows():
     torch.testing.assert_close(per_size.double(), ref_per_size, rtol=1e-5, atol=1e-4)
     total.backward()
     assert torch.isfinite(h.grad).all()
+
+
+@pytest.mark.parametrize("gs", [(1.0, 1.0, 1.0), (0.0, 0.5, 1.0)])
+def test_no_subnormal_probability_reaches_the_gradient_gemms(gs):
+    """A sharp softmax over a catalog puts most items below 1e-38 (subnormal fp32), which makes the
+    CPU's GEMMs ~30x slower; the gradients the GEMMs read must hold none, and still equal the
+    float64 gradient of the loss."""
+    torch.manual_seed(4)
+    hidden, items = torch.randn(8, 40) * 3.0, torch.randn(33, 40) * 3.0
+    targets = torch.randint(1, 33, (8,))
+    logits = all_size_logits(hidden, items, LADDER)
+    logits[:, :, 0] = float("-inf")
+    probs = torch.softmax(logits, -1)
+    subnormal = (probs > 0) & (probs < torch.finfo(torch.float32).tiny)
+    assert subnormal.sum() > 10  # the case is real: the plain fp32 softmax has subnormal entries
+    factors = [0.5, 0.25, 0.25]
+    ce_sum = torch.empty(3)
+    _logits_to_gradients_(logits, hidden, targets, items, LADDER, factors, gs, None, ce_sum)
+    tiny = (logits != 0) & (logits.abs() < torch.finfo(torch.float32).tiny)
+    assert not tiny.any(), f"{int(tiny.sum())} subnormal gradient entries"
+    # float64 reference: R_c = G_c + g_c * sum_{m > c} G_m, G_m = f_m (softmax_m - onehot)
+    ref = all_size_logits(hidden.double(), items.double(), LADDER)
+    ref[:, :, 0] = float("-inf")
+    onehot = F.one_hot(targets, 33).double()
+    grads = [f * (torch.softmax(ref[m], -1) - onehot) for m, f in enumerate(factors)]
+    for c in range(3):
+        expected = grads[c] + gs[c] * sum(grads[c + 1 :], torch.zeros_like(grads[c]))
+        torch.testing.assert_close(logits[c].double(), expected, rtol=1e-5, atol=1e-9)
+    ref_ce = torch.stack([-torch.log_softmax(ref[m], -1)[torch.arange(8), targets].sum() for m in range(3)])
+    torch.testing.assert_close(ce_sum.double(), ref_ce, rtol=1e-5, atol=1e-4)

@@ -114,6 +114,23 @@ def test_resumed_run_equals_uninterrupted_run(processed_dataset, tmp_path):
     assert ma["test"] == mb["test"] and ma["validation"] == mb["validation"]
 
 
+def test_max_minutes_stops_validates_tests_and_resumes_with_a_larger_budget(processed_dataset, tmp_path):
+    common = ["trainer.max_epochs=3", "trainer.val_every_n_steps=0"]
+    # a budget of ~6 ms: the first step already reaches it (mid-epoch, no validation yet)
+    out = run(tiny_cfg(processed_dataset, *common, "trainer.max_minutes=0.0001"), tmp_path / "run")
+    trainer = out["trainer"]
+    assert out["reason"] == "max_minutes" and trainer.step == 1
+    assert [v["step"] for v in trainer.val_history] == [1]  # the last step is validated
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_step"] == 1 and set(metrics["test"]) == {str(d) for d in trainer.sizes}
+    # the budget may differ on resume: the run goes on to max_epochs
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    resumed = run(tiny_cfg(processed_dataset, *common, f"resume={ckpt}"), tmp_path / "ignored")
+    assert resumed["reason"] == "max_epochs" and resumed["trainer"].step > 1
+    with pytest.raises(ValueError, match="trainer.max_minutes"):
+        Trainer(tiny_cfg(processed_dataset, "trainer.max_minutes=-1"), tmp_path / "bad")
+
+
 def test_early_stopping_counts_non_finite_values_as_bad_and_round_trips_its_state():
     stopper = EarlyStopping("ndcg@10", size=16, patience=2)
     improved = [stopper.update(v, step) for step, v in enumerate([0.2, float("nan"), 0.3, 0.1])]
