@@ -353,6 +353,12 @@ class Trainer:
         )
         return False
 
+    def _validate_last_step(self) -> None:
+        """Validate the current step unless it already was: the last steps are never left
+        unvalidated, and a best checkpoint exists."""
+        if not self.val_history or self.val_history[-1]["step"] != self.step:
+            self.validate()
+
     def fit(self) -> str:
         """Train until max_epochs, early stopping, ``max_minutes`` or ``stop_after_steps``.
 
@@ -425,14 +431,12 @@ class Trainer:
                             self.step,
                             self.epoch,
                         )
-                        if not self.val_history or self.val_history[-1]["step"] != self.step:
-                            self.validate()
+                        self._validate_last_step()
                         self.save_checkpoint("last")  # a later run can resume it with a larger budget
                         return "max_minutes"
                     if self.batch_in_epoch == 0:
                         break  # epoch finished: draw the next epoch's order
-            if not self.val_history or self.val_history[-1]["step"] != self.step:
-                self.validate()  # the last steps are never left unvalidated (and a best checkpoint exists)
+            self._validate_last_step()
             return "max_epochs"
         finally:
             bar.close()
