@@ -125,6 +125,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe("ffn_2", ("backbone.ffn_multiplier=2",), "FFN width 2x"),
         Recipe("blocks_2", ("backbone.num_blocks=2",), "2 LRU blocks"),
         Recipe("dropout_0.3", ("backbone.dropout=0.3",), "dropout 0.3"),
+        Recipe("dropout_0.1", ("backbone.dropout=0.1",), "dropout 0.1"),
         Recipe("len_100", ("data.max_len=100",), "max length 100 (training windows and evaluation history)"),
         Recipe("len_200", ("data.max_len=200",), "max length 200 (training windows and evaluation history)"),
         Recipe("lr_2e-3", ("trainer.optimizer.lr=0.002",), "learning rate 2e-3"),
