@@ -2,7 +2,10 @@
 
 Each (recipe, mode, seed) is one ``recsys-train`` run in its own process, written to
 ``RUNS/<dataset>/<recipe>/<mode>/seed<S>/`` (``--runs``, default ``build/quality``); a run whose
-``metrics.json`` exists with the same command is reused, so a killed suite resumes where it stopped.
+``metrics.json`` exists with the same command is reused, and a run killed midway (its folder holds a
+checkpoint) resumes exactly from its last checkpoint (``resume=true``; the independent baseline keeps
+its finished sizes), so a killed suite resumes where it stopped: an hour-long ML-1M suite can run
+in pieces across sessions.
 ``mode`` is ``nested`` (one run, the whole ladder) or ``independent`` (``model.independent=true``:
 one model per size, same recipe, each early-stopped on its own validation).
 
@@ -214,9 +217,14 @@ def resolved_config(spec: RunSpec) -> dict[str, Any]:
     return OmegaConf.to_container(compose_config(spec.command()[3:]), resolve=True)
 
 
-# Keys that say where a run lives, not what it trains: a run folder moved or named by another
-# path (relative vs absolute) is still the same run.
-_LOCATION_KEYS = frozenset({"run_dir"})
+# Keys that say where a run lives or how it was started, not what it trains: a run folder moved or
+# named by another path (relative vs absolute), or a run resumed after a kill, is still the same run.
+_LOCATION_KEYS = frozenset({"run_dir", "resume"})
+
+
+def _has_checkpoint(directory: Path) -> bool:
+    """Whether a killed run left a checkpoint to resume from (a nested run's, or any size's)."""
+    return (directory / "checkpoints" / "last.pt").is_file() or any(directory.glob("d*/checkpoints/last.pt"))
 
 
 def _stale_keys(expected: dict[str, Any], saved: Any, prefix: str = "") -> list[str]:
@@ -238,14 +246,17 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
 
     A finished run is reused when its saved config.yaml equals ``expected`` (the configuration its
     command resolves to today: a default changed in configs/ makes it stale, a recipe spelt
-    differently that resolves to the same configuration does not). A stale run's folder is moved
-    to ``<folder>.stale`` and trained anew."""
+    differently that resolves to the same configuration does not). A run killed before it finished
+    (the suite stopped, the session ended) resumes exactly from its last checkpoint
+    (``resume=true``). A stale run's folder is moved to ``<folder>.stale`` and trained anew."""
     from omegaconf import OmegaConf
 
     cmd = spec.command()
     stamp = spec.directory / "bench_command.json"
     metrics_path = spec.directory / "metrics.json"
-    if metrics_path.is_file() and stamp.is_file():
+    finished = metrics_path.is_file() and stamp.is_file()
+    resumable = not finished and _has_checkpoint(spec.directory)
+    if finished or resumable:
         saved_path = spec.directory / "config.yaml"
         saved = (
             OmegaConf.to_container(OmegaConf.load(saved_path), resolve=True) if saved_path.is_file() else None
@@ -255,25 +266,37 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
 
             saved = with_added_defaults(saved)
         stale = _stale_keys(expected, saved)
-        if not stale:
+        if resumable:  # what a resume may change (how long, how verbosely) does not make it stale
+            from recsys.config import RESUME_FREE_KEYS
+
+            stale = [k for k in stale if k not in RESUME_FREE_KEYS]
+        if not stale and finished:
             log(f"  reuse {spec.directory}")
             return json.loads(metrics_path.read_text())
-        moved = spec.directory.with_name(spec.directory.name + ".stale")
-        if moved.exists():
-            shutil.rmtree(moved)
-        spec.directory.rename(moved)
-        log(f"  stale {spec.directory} (config differs at {', '.join(stale[:5])}): moved to {moved.name}")
+        if stale:
+            moved = spec.directory.with_name(spec.directory.name + ".stale")
+            if moved.exists():
+                shutil.rmtree(moved)
+            spec.directory.rename(moved)
+            log(f"  stale {spec.directory} (config differs at {', '.join(stale[:5])}): moved to {moved.name}")
+            resumable = False
+    if resumable:
+        cmd.append("resume=true")
     spec.directory.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    log(f"  run   {spec.recipe.name}/{spec.mode}/seed{spec.seed}")
+    log(f"  {'resume' if resumable else 'run   '} {spec.recipe.name}/{spec.mode}/seed{spec.seed}")
     start = time.perf_counter()
-    with open(spec.directory / "bench_stdout.log", "w") as out:
+    with open(spec.directory / "bench_stdout.log", "a" if resumable else "w") as out:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not metrics_path.is_file():
         tail = (spec.directory / "bench_stdout.log").read_text()[-3000:]
         raise RuntimeError(f"run failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
-    stamp.write_text(json.dumps({"args": cmd[1:], "process_seconds": round(time.perf_counter() - start, 3)}))
+    stamp.write_text(
+        json.dumps(
+            {"args": cmd[1:], "process_seconds": round(time.perf_counter() - start, 3), "resumed": resumable}
+        )
+    )
     return json.loads(metrics_path.read_text())
 
 

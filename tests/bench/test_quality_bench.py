@@ -90,3 +90,42 @@ def test_stock_sasrec_targets_use_the_mean_of_its_seeds():
     assert abs(sasrec["goal"] - (0.0643 + 0.0595) / 2) < 1e-12 and sasrec["met"]
     assert not rows["default unseen/ndcg@10 d=64 vs stock SASRec"]["met"]
     assert rows["default ndcg@10 d=32 >= 0.95 x SASRec"]["met"]
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_equals_an_uninterrupted_one(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    dataset = write_processed_dataset(tmp_path / "dataset")
+    common = ["data.name=generic", f"data.path={dataset}", "trainer.max_epochs=1", "backbone.dropout=0.2"]
+
+    def suite(runs):
+        argv = ["quality", "--experiment", "tiny", "--seeds", "1", "--modes", "nested",
+                "--runs", str(runs), "--out", str(tmp_path / "out"), "--set", *common]  # fmt: skip
+        cli.main(argv)
+        return capsys.readouterr().out
+
+    # the suite killed mid-run: the run's folder holds its config and a checkpoint, no metrics
+    folder = tmp_path / "killed" / "tiny" / "default" / "nested" / "seed1"
+    args = ["experiment=tiny", *common, "seed=1", f"run_dir={folder}", "trainer.progress=false"]
+    args.append("trainer.stop_after_steps=3")
+    subprocess.run([sys.executable, "-m", "recsys.training.cli", *args], check=True, capture_output=True)
+    assert (folder / "checkpoints" / "last.pt").is_file() and not (folder / "metrics.json").is_file()
+    out = suite(tmp_path / "killed")
+    assert "  resume default/nested/seed1" in out and "  run " not in out and "stale" not in out
+    assert "Resumed from" in (folder / "bench_stdout.log").read_text()
+    suite(tmp_path / "whole")
+    killed, whole = (
+        json.loads((tmp_path / r / "tiny" / "default" / "nested" / "seed1" / "metrics.json").read_text())
+        for r in ("killed", "whole")
+    )
+    assert killed["test"] == whole["test"] and killed["validation"] == whole["validation"]
+    assert "  reuse " in suite(tmp_path / "killed")  # finished now: reused as it is
+
+
+def test_a_checkpoint_of_any_independent_size_makes_a_run_resumable(tmp_path):
+    assert not quality._has_checkpoint(tmp_path)
+    (tmp_path / "d0008" / "checkpoints").mkdir(parents=True)
+    assert not quality._has_checkpoint(tmp_path)
+    (tmp_path / "d0008" / "checkpoints" / "last.pt").write_bytes(b"")
+    assert quality._has_checkpoint(tmp_path)

@@ -1,6 +1,7 @@
 """Independent baseline: one sub-run per size, combined metrics.json shaped like a nested run's."""
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -64,3 +65,33 @@ def test_recsys_train_cli_dispatches_independent(processed_dataset, tmp_path):
     )
     metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
     assert set(metrics["test"]) == {"4", "8"} and (tmp_path / "cli" / "d0004" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_resume_true_continues_killed_sizes_and_reuses_finished_ones(processed_dataset, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="recsys")
+    common = ["model.independent=true", "trainer.max_epochs=2", "model.ladder=[4,8]", "model.width=8"]
+    whole = run_independent(tiny_cfg(processed_dataset, *common), tmp_path / "whole")["metrics"]
+    # killed: every size stopped after 3 steps (a checkpoint, no test)
+    run_independent(tiny_cfg(processed_dataset, *common, "trainer.stop_after_steps=3"), tmp_path / "run")
+    assert not (tmp_path / "run" / "d0004" / "independent.json").is_file()
+    caplog.clear()
+    resumed = run_independent(tiny_cfg(processed_dataset, *common, "resume=true"), tmp_path / "run")
+    resumed = resumed["metrics"]
+    assert caplog.text.count("Resumed from") == 2 and caplog.text.count("at epoch 0, batch 3, step 3") == 2
+    assert resumed["test"] == whole["test"] and resumed["validation"] == whole["validation"]
+    assert resumed["epochs"] == whole["epochs"]
+    # finished sizes are reused, not retrained: their checkpoints are left as they are
+    best = tmp_path / "run" / "d0008" / "checkpoints" / "best.pt"
+    stamp = best.stat().st_mtime_ns
+    caplog.clear()
+    again = run_independent(tiny_cfg(processed_dataset, *common, "resume=true"), tmp_path / "run")["metrics"]
+    assert again["test"] == whole["test"] and again["train_time_s"] == resumed["train_time_s"]
+    assert best.stat().st_mtime_ns == stamp and caplog.text.count("reused the finished run") == 2
+    # a finished size trained with other settings is not silently reused
+    with pytest.raises(ValueError, match="backbone.dropout"):
+        run_independent(
+            tiny_cfg(processed_dataset, *common, "resume=true", "backbone.dropout=0.3"), tmp_path / "run"
+        )
+    with pytest.raises(ValueError, match="resume=true"):
+        run_independent(tiny_cfg(processed_dataset, *common, f"resume={best}"), tmp_path / "other")
