@@ -285,7 +285,7 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
     spec.directory.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    log(f"  {'resume' if resumable else 'run   '} {spec.recipe.name}/{spec.mode}/seed{spec.seed}")
+    log(f"  {'resume' if resumable else 'run  '} {spec.recipe.name}/{spec.mode}/seed{spec.seed}")
     start = time.perf_counter()
     with open(spec.directory / "bench_stdout.log", "a" if resumable else "w") as out:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
