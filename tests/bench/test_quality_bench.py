@@ -93,34 +93,33 @@ def test_stock_sasrec_targets_use_the_mean_of_its_seeds():
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_and_equals_an_uninterrupted_one(tmp_path, capsys):
-    import subprocess
-    import sys
+    from recsys.api import compose_config
+    from recsys.training.runner import run
 
     dataset = write_processed_dataset(tmp_path / "dataset")
     common = ["data.name=generic", f"data.path={dataset}", "trainer.max_epochs=1", "backbone.dropout=0.2"]
 
-    def suite(runs):
-        argv = ["quality", "--experiment", "tiny", "--seeds", "1", "--modes", "nested",
-                "--runs", str(runs), "--out", str(tmp_path / "out"), "--set", *common]  # fmt: skip
-        cli.main(argv)
-        return capsys.readouterr().out
+    def train(folder, *extra):  # in this process, the configuration the suite's command composes
+        args = ["experiment=tiny", *common, "seed=1", f"run_dir={folder}", "trainer.progress=false", *extra]
+        run(compose_config(args), folder)
+        return folder
 
     # the suite killed mid-run: the run's folder holds its config and a checkpoint, no metrics
-    folder = tmp_path / "killed" / "tiny" / "default" / "nested" / "seed1"
-    args = ["experiment=tiny", *common, "seed=1", f"run_dir={folder}", "trainer.progress=false"]
-    args.append("trainer.stop_after_steps=3")
-    subprocess.run([sys.executable, "-m", "recsys.training.cli", *args], check=True, capture_output=True)
+    folder = train(tmp_path / "runs" / "tiny" / "default" / "nested" / "seed1", "trainer.stop_after_steps=3")
     assert (folder / "checkpoints" / "last.pt").is_file() and not (folder / "metrics.json").is_file()
-    out = suite(tmp_path / "killed")
+    argv = ["quality", "--experiment", "tiny", "--seeds", "1", "--modes", "nested",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--set", *common]  # fmt: skip
+    capsys.readouterr()
+    cli.main(argv)
+    out = capsys.readouterr().out
     assert "  resume default/nested/seed1" in out and "  run " not in out and "stale" not in out
     assert "Resumed from" in (folder / "bench_stdout.log").read_text()
-    suite(tmp_path / "whole")
     killed, whole = (
-        json.loads((tmp_path / r / "tiny" / "default" / "nested" / "seed1" / "metrics.json").read_text())
-        for r in ("killed", "whole")
+        json.loads((f / "metrics.json").read_text()) for f in (folder, train(tmp_path / "whole"))
     )
     assert killed["test"] == whole["test"] and killed["validation"] == whole["validation"]
-    assert "  reuse " in suite(tmp_path / "killed")  # finished now: reused as it is
+    cli.main(argv)
+    assert "  reuse " in capsys.readouterr().out  # finished now: reused as it is
 
 
 def test_a_checkpoint_of_any_independent_size_makes_a_run_resumable(tmp_path):

@@ -70,7 +70,7 @@ def test_recsys_train_cli_dispatches_independent(processed_dataset, tmp_path):
 @pytest.mark.slow
 def test_resume_true_continues_killed_sizes_and_reuses_finished_ones(processed_dataset, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="recsys")
-    common = ["model.independent=true", "trainer.max_epochs=2", "model.ladder=[4,8]", "model.width=8"]
+    common = ["model.independent=true", "trainer.max_epochs=1", "model.ladder=[4,8]", "model.width=8"]
     whole = run_independent(tiny_cfg(processed_dataset, *common), tmp_path / "whole")["metrics"]
     # killed: every size stopped after 3 steps (a checkpoint, no test)
     run_independent(tiny_cfg(processed_dataset, *common, "trainer.stop_after_steps=3"), tmp_path / "run")
