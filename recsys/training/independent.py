@@ -26,7 +26,7 @@ from recsys.builders import build_dataset
 from recsys.config import check_resume_changes, effective_ladder, validate
 from recsys.data import SequenceDataset
 from recsys.evaluation.reporting import format_table, jsonable_metrics, save_metrics_plot
-from recsys.training.runner import run
+from recsys.training.runner import resume_kind, run
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,9 @@ DONE_FILE = "independent.json"  # dNNNN/ marker: the size's run ended and was te
 
 def _resume_mode(resume: Any) -> bool:
     """True for ``resume=true``; False when not resuming; a checkpoint path is refused (which size?)."""
-    if resume is None or str(resume).lower() in ("false", "none", ""):
-        return False
-    if str(resume).lower() in ("true", "last"):
-        return True
+    kind = resume_kind(resume)
+    if kind != "path":
+        return kind == "last"
     raise ValueError(
         f"resume={resume}: the independent baseline (model.independent=true) resumes with resume=true, "
         "which continues every size's run in the run directory; a single checkpoint names one size only"

@@ -28,6 +28,14 @@ LEGACY_LOSS_TARGETS = {
 }
 
 
+def resume_kind(value: Any) -> str | None:
+    """What a ``resume`` setting asks for: None (start fresh), ``"last"`` (``true``/``last``: the run
+    directory's last checkpoint) or ``"path"`` (a checkpoint file)."""
+    if value is None or str(value).lower() in ("false", "none", ""):
+        return None
+    return "last" if str(value).lower() in ("true", "last") else "path"
+
+
 def resolve_resume(cfg: DictConfig, run_dir: Path, search_siblings: bool = False) -> tuple[Path, Path | None]:
     """(run directory to write into, checkpoint to resume from or None) for ``cfg.resume``.
 
@@ -35,9 +43,10 @@ def resolve_resume(cfg: DictConfig, run_dir: Path, search_siblings: bool = False
     fresh timestamped folder (``runs/NAME/TIME``, ``search_siblings``) does it fall back to the newest
     sibling run of the same name; a run directory the user chose is never swapped for another.
     """
-    if cfg.resume is None or str(cfg.resume).lower() in ("false", "none", ""):
+    kind = resume_kind(cfg.resume)
+    if kind is None:
         return run_dir, None
-    if str(cfg.resume).lower() in ("true", "last"):
+    if kind == "last":
         ckpt = run_dir / "checkpoints" / "last.pt"
         if not ckpt.is_file():
             candidates = []
