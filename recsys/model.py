@@ -206,6 +206,16 @@ class MatryoshkaRecModel(nn.Module):
         x = self.input_dropout(item_emb[seq])  # (B, L, D)
         return self.backbone(x, seq != 0)
 
+    def encode_at(
+        self, seq: torch.Tensor, at: torch.Tensor, item_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """seq (B, L) left-padded, at (B, L) bool -> hidden (P, d) at the P positions of ``at``
+        (row-major), ``encode(seq)[at]``, computing after the last recurrence only what those need
+        (``Backbone.forward_at``): the training losses read the scored positions only."""
+        if item_emb is None:
+            item_emb = self.item_embeddings()
+        return self.backbone.forward_at(self.input_dropout(item_emb[seq]), seq != 0, at)
+
     def encode_last(
         self, seq: torch.Tensor, item_emb: torch.Tensor | None = None, cache: dict | None = None
     ) -> torch.Tensor:
@@ -229,10 +239,9 @@ class MatryoshkaRecModel(nn.Module):
         """seq (B, L), targets (B, L) next items (0 = ignored) -> (total scalar, per_size (M,) detached).
         ``cross_size_grad``: the loss's gradient rule at the scores (see ``matryoshka_cross_entropy``)."""
         item_emb = self.item_embeddings()
-        hidden = self.encode(seq, item_emb)  # (B, L, d)
         keep = targets != 0
         return matryoshka_cross_entropy(
-            hidden[keep],
+            self.encode_at(seq, keep, item_emb),
             targets[keep],
             item_emb,
             self.ladder,

@@ -106,6 +106,11 @@ RECIPES: dict[str, Recipe] = {
             "windows every 25 targets (>= 25 items of history each, 2x the windows) for half the epochs: equal wall time",
         ),
         Recipe(
+            "stride_25",
+            ("data.train_stride=25",),
+            "windows every 25 targets: each target sees >= 25 items of history (2x the windows), all epochs",
+        ),
+        Recipe(
             "stride_10",
             ("data.train_stride=10",),
             "windows every 10 targets: each target sees >= 40 items of history (5x the windows)",

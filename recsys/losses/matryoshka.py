@@ -367,14 +367,14 @@ def full_softmax_sum(
     looked up through ``model.tables`` (sharded tables: the KJT all-to-all gathers the rows).
     """
     item_emb = embed_ids(model, model.item_ids)  # (N+1, D)
-    hidden = model.encode(seq, item_emb)  # (B, L, D)
     keep = targets != 0
+    hidden = model.encode_at(seq, keep, item_emb)  # (P, D), P = count
     count = int(keep.sum())
     if count == 0:  # this rank's shard has no target: zero loss that still touches every parameter
         zero = hidden.sum() * 0.0 + item_emb.sum() * 0.0
         return zero, torch.zeros(len(model.ladder)), 0
     total, per_size = matryoshka_cross_entropy(
-        hidden[keep],
+        hidden,
         targets[keep],
         item_emb,
         model.ladder,

@@ -135,7 +135,7 @@ def sampled_softmax_sum(
     zero_id = torch.zeros(1, dtype=seq.dtype, device=device)
     ids = torch.unique(torch.cat([zero_id, seq.flatten(), pos, negatives.to(device)]))  # sorted, ids[0] = 0
     emb = embed_ids(model, ids)  # (U, D)
-    hidden = model.encode(torch.searchsorted(ids, seq), emb)  # padding id 0 -> local index 0
+    hidden = model.encode_at(torch.searchsorted(ids, seq), keep, emb)  # (P, D); padding id 0 -> index 0
     count = int(keep.sum())
     if count == 0:
         return hidden.sum() * 0.0 + emb.sum() * 0.0, torch.zeros(len(model.ladder)), 0
@@ -144,7 +144,7 @@ def sampled_softmax_sum(
     # Negatives of row p: the P - 1 other positions' targets and the K samples (module docstring).
     log_q = log_inclusion_probability(cands.cpu(), count - 1, int(negatives.numel()), popularity, q)
     total, per_size = sampled_matryoshka_ce_sum(
-        hidden[keep],
+        hidden,
         torch.searchsorted(cands, pos),
         cand_emb,
         log_q.to(device),

@@ -169,6 +169,13 @@ class Backbone(nn.Module):
         """x (B, L, D), pad_mask (B, L) bool, True = real item -> hidden (B, L, D)."""
         raise NotImplementedError
 
+    def forward_at(self, x: torch.Tensor, pad_mask: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L), at (B, L) bool -> (P, D): the hidden states of the P
+        positions where ``at`` is True, in row-major order, equal to ``self(x, pad_mask)[at]``
+        (training: the loss reads the scored positions only). A backbone may override it to run
+        only there what no other position needs; this fallback runs the full forward."""
+        return self(x, pad_mask)[at]
+
     def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) -> (B, D): the hidden state of the last position only, equal
         to ``self(x, pad_mask)[:, -1]`` (inference: scoring reads nothing else). A backbone may
@@ -222,6 +229,10 @@ class TruncatedBackbone(Backbone):
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) -> (B, L, size)."""
         return self.inner(x, pad_mask)[..., : self.size]
+
+    def forward_at(self, x: torch.Tensor, pad_mask: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L), at (B, L) -> (P, size), the positions of ``at`` only."""
+        return self.inner.forward_at(x, pad_mask, at)[..., : self.size]
 
     def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) -> (B, size), the last position only."""

@@ -188,10 +188,13 @@ class LRU(nn.Module):
         h = linear_scan(decay, bx)  # (B, L, D) complex
         return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x
 
-    def forward_packed(self, x: torch.Tensor, keep: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    def forward_packed(
+        self, x: torch.Tensor, keep: torch.Tensor, pad_mask: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``forward`` on the kept positions only: x (N, D) = the kept rows of a (B, L, D) input in
         row-major order, ``keep`` (N,) their flat indices into B*L, pad_mask (B, L) -> (N, D).
-        The input and output maps run on the N kept rows; the recurrence on the (B, L) grid. A kept
+        The input map runs on the N kept rows, the recurrence on the (B, L) grid and the output
+        map on the rows ``out`` (P,) of the N (default all: -> (N, D); given: -> (P, D)). A kept
         padding position (the last one of an all-padding row) drives nothing, as in ``forward``."""
         gamma = torch.exp(self.gamma_log)  # (D,)
         rows, width = pad_mask.numel(), x.shape[-1]
@@ -202,8 +205,9 @@ class LRU(nn.Module):
         bx = drive.new_zeros(rows, width).index_copy(0, keep, drive).view(*pad_mask.shape, width)
         lam = self.eigenvalues()
         decay = torch.where(pad_mask[..., None], lam, torch.ones_like(lam))  # (B, L, D)
-        h = linear_scan(decay, bx).reshape(rows, width).index_select(0, keep)  # (N, D) complex
-        return self.C_re(h.real) - self.C_im(h.imag) + self.skip * x
+        read = keep if out is None else keep[out]
+        h = linear_scan(decay, bx).reshape(rows, width).index_select(0, read)  # (N or P, D) complex
+        return self.C_re(h.real) - self.C_im(h.imag) + self.skip * (x if out is None else x[out])
 
     # Inference at the last position only. The last state is one weighted sum instead of a scan:
     # h_L = sum_t gamma * lambda^(n_t) * (B x_t), n_t = the real positions after t (padding keeps
@@ -278,10 +282,15 @@ class LRUBlock(nn.Module):
         x = x + self.dropout(self.lru(self.norm1(x), pad_mask))
         return x + self.dropout(self.ffn(self.norm2(x)))
 
-    def forward_packed(self, x: torch.Tensor, keep: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+    def forward_packed(
+        self, x: torch.Tensor, keep: torch.Tensor, pad_mask: torch.Tensor, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``forward`` on the real positions only: x (N, D), keep (N,), pad_mask (B, L) -> (N, D)
-        (see ``LRU.forward_packed``): norms and FFN run on N rows instead of B*L."""
-        x = x + self.dropout(self.lru.forward_packed(self.norm1(x), keep, pad_mask))
+        (see ``LRU.forward_packed``): norms and FFN run on N rows instead of B*L; with ``out`` (P,)
+        rows of the N, everything after the recurrence runs on those P rows only -> (P, D)."""
+        x = (x if out is None else x[out]) + self.dropout(
+            self.lru.forward_packed(self.norm1(x), keep, pad_mask, out)
+        )
         return x + self.dropout(self.ffn(self.norm2(x)))
 
     def forward_last(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
@@ -335,6 +344,22 @@ class LRUBackbone(Backbone):
             h = block.forward_packed(h, keep, pad_mask)
         h = self.norm(h)
         return h.new_zeros(pad_mask.numel(), h.shape[-1]).index_copy(0, keep, h).view(*pad_mask.shape, -1)
+
+    def forward_at(self, x: torch.Tensor, pad_mask: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D), pad_mask (B, L), at (B, L) bool -> (P, D) = ``forward(x, pad_mask)[at]``.
+
+        Every block but the last runs on the real positions (the next recurrence reads them all);
+        the last block's recurrence too, but its output map, FFN and the final norm run at the P
+        positions of ``at`` only. With training windows that overlap (``data.train_stride`` below
+        ``max_len``) only the last ``stride`` positions of a window are scored, so most of the
+        per-position work is skipped; with non-overlapping windows ``at`` is every real position."""
+        kept = pad_mask | at
+        keep = kept.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of the positions read
+        out = at.reshape(-1).index_select(0, keep).nonzero().squeeze(1)  # (P,) rows of the N scored
+        h = x.reshape(-1, x.shape[-1]).index_select(0, keep)  # (N, D)
+        for block in self.blocks[:-1]:
+            h = block.forward_packed(h, keep, pad_mask)
+        return self.norm(self.blocks[-1].forward_packed(h, keep, pad_mask, out))  # (P, D)
 
     def forward_padded(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) -> (B, L, D): every position through every map (reference

@@ -137,3 +137,27 @@ def test_packed_forward_equals_the_padded_reference_at_real_positions_with_gradi
     grads = [torch.autograd.grad((y * weight).sum(), [x, *backbone.parameters()]) for y in (out, ref)]
     for got, want in zip(*grads):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_blocks", [1, 2])
+def test_forward_at_equals_the_full_forward_at_the_scored_positions_with_gradients(num_blocks):
+    # training reads the scored positions only; forward_at skips the last block's output work elsewhere
+    torch.manual_seed(10 + num_blocks)
+    backbone = small_config(num_blocks=num_blocks).build().eval()
+    x = torch.randn(4, 16, 40, requires_grad=True)
+    real = torch.ones(4, 16, dtype=torch.bool)
+    real[0, :9] = False  # left padding
+    real[2, 3:6] = False  # interior padding
+    real[3, :] = False  # no history at all
+    at = real & (torch.rand(4, 16) < 0.4)  # the last positions of overlapping windows, or any subset
+    at[1, -3:] = True
+    at[3, -1] = True  # a padding position asked for: the same value as forward gives it
+    out = backbone.forward_at(x, real, at)
+    ref = backbone(x, real)[at]
+    assert out.shape == (int(at.sum()), 40)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    weight = torch.randn_like(out)
+    grads = [torch.autograd.grad((y * weight).sum(), [x, *backbone.parameters()]) for y in (out, ref)]
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert backbone.forward_at(x, real, torch.zeros_like(real)).shape == (0, 40)

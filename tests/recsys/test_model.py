@@ -334,3 +334,30 @@ def test_cross_size_grad_0_trains_each_chunk_by_its_own_size_only(projector_hidd
     # the forward pass is the same whatever the rule: scores of every size equal
     a, b = make_model(cross_size_grad=0.0, **kw).eval(), make_model(**kw).eval()
     torch.testing.assert_close(a.score(batch()[0]), b.score(batch()[0]))
+
+
+@pytest.mark.parametrize("backbone", ["lru", "sasrec"])
+def test_loss_reads_the_scored_positions_as_the_full_encode_would(backbone):
+    # model.loss encodes only what the scored positions need (Backbone.forward_at); the reference
+    # encodes every position and keeps the scored ones. Every real position scored (windows that do
+    # not overlap): the same dropout draws, so bit-equal in training mode; a subset (overlapping
+    # windows score their last positions only): equal values in eval mode.
+    from recsys.losses.matryoshka import matryoshka_cross_entropy
+
+    config = LRUConfig(dropout=0.1) if backbone == "lru" else SASRecConfig(dropout=0.1)
+    model = make_model(backbone=config).train()
+    seq, targets = batch()
+
+    def reference(targets):
+        emb = model.item_embeddings()
+        keep = targets != 0
+        return matryoshka_cross_entropy(model.encode(seq, emb)[keep], targets[keep], emb, model.ladder)[0]
+
+    torch.manual_seed(5)
+    got = model.loss(seq, targets)[0]
+    torch.manual_seed(5)
+    assert torch.equal(got, reference(targets))
+    model.eval()
+    subset = targets.clone()
+    subset[:, :6] = 0  # the first 6 positions of each window are context only
+    torch.testing.assert_close(model.loss(seq, subset)[0], reference(subset), rtol=1e-5, atol=1e-6)

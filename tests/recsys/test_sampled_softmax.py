@@ -13,7 +13,8 @@ N, D, LADDER = 30, 8, (4, 8)
 
 
 class _StubModel:
-    """Item table ``items`` (N+1, D) looked up by id; ``encode`` returns the fixed ``users`` (B, L, D)."""
+    """Item table ``items`` (N+1, D) looked up by id; ``encode_at`` returns the fixed ``users`` (B, L, D)
+    at the asked positions."""
 
     def __init__(self, items: torch.Tensor, users: torch.Tensor):
         self.items, self.users, self.ladder = items, users, LADDER
@@ -25,8 +26,8 @@ class _StubModel:
     def projector(self, features, id_emb: torch.Tensor) -> torch.Tensor:
         return id_emb
 
-    def encode(self, seq: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return self.users
+    def encode_at(self, seq: torch.Tensor, at: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        return self.users[at]
 
 
 def log_expected_count(
