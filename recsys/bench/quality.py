@@ -111,6 +111,11 @@ RECIPES: dict[str, Recipe] = {
             "windows every 25 targets: each target sees >= 25 items of history (2x the windows), all epochs",
         ),
         Recipe(
+            "stride_5",
+            ("data.train_stride=5",),
+            "windows every 5 targets: each target sees >= 45 items of history (10x the windows)",
+        ),
+        Recipe(
             "stride_10",
             ("data.train_stride=10",),
             "windows every 10 targets: each target sees >= 40 items of history (5x the windows)",

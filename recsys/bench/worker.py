@@ -160,9 +160,11 @@ def turn_off(lever: str, p: dict) -> None:
     elif lever == "fused_adamw":
         p["adamw"] = {}
     elif lever == "packing":  # every map on every position, padding included
+        from recsys.nn.backbone import Backbone
         from recsys.nn.lru import LRUBackbone
 
         LRUBackbone.forward = LRUBackbone.forward_padded
+        LRUBackbone.forward_at = Backbone.forward_at  # the full (now padded) forward, then [at]
     elif lever == "triangular":  # one masked dense GEMM per nested linear
         from recsys.nn.nested import NestedLinear
 
