@@ -55,23 +55,31 @@ class Recipe:
 # The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets
 # (LRU ring [0.5, 0.95] since the ablations); the others each change one
 # thing of it (the ablations of docs/model.md), or reproduce a reference configuration.
+#: the issue's text-only recipe (without its training windows)
+_TEXT_ONLY = (
+    "model.use_id_table=false",
+    "backbone.num_blocks=2",
+    "backbone.ffn_multiplier=1",
+    "backbone.dropout=0.2",
+    "trainer.batch_size=32",
+    "trainer.max_epochs=50",
+    "trainer.patience=10",
+    "trainer.warmup_steps=100",
+)
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe("default", (), "the experiment as shipped (`make demo` on ML-100K)"),
         Recipe(
             "text_only",
-            (
-                "model.use_id_table=false",
-                "backbone.num_blocks=2",
-                "backbone.ffn_multiplier=1",
-                "backbone.dropout=0.2",
-                "trainer.batch_size=32",
-                "trainer.max_epochs=50",
-                "trainer.patience=10",
-                "trainer.warmup_steps=100",
-            ),
-            "the issue's text-only recipe: no ID table, 2 LRU blocks, FFN x1, batch 32, patience 10",
+            (*_TEXT_ONLY, "data.train_stride=50"),
+            "the issue's text-only recipe: no ID table, 2 LRU blocks, FFN x1, batch 32, patience 10, non-overlapping windows",
+        ),
+        Recipe(
+            "text_only_stride_10",
+            (*_TEXT_ONLY, "data.train_stride=10"),
+            "the text-only recipe with the default's windows every 10 targets",
         ),
         Recipe(
             "published_init",
@@ -81,8 +89,9 @@ RECIPES: dict[str, Recipe] = {
                 "model.feature_transform=none",
                 "trainer.max_epochs=10",
                 "trainer.patience=3",
+                "data.train_stride=50",
             ),
-            "the default before the ablations: LRU ring [0, 0.1] as published, raw text features, 10 epochs, patience 3",
+            "the default before the ablations: LRU ring [0, 0.1] as published, raw text features, 10 epochs, patience 3, non-overlapping windows",
         ),
         Recipe(
             "no_decay_norm_bias_rec",
