@@ -44,6 +44,7 @@ def child(args: argparse.Namespace) -> None:
         "experiment=ml1m_cpu",
         f"data.path={args.data}",
         "data.max_len=50",
+        "data.train_stride=0",  # non-overlapping windows, as backbones.md was measured
         f"model.ladder=[{','.join(map(str, ladder))}]",
         f"model.width={ladder[-1]}",
         "backbone.num_blocks=1",
