@@ -546,12 +546,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--runs", type=Path, default=ROOT / "build" / "quality", help="run directories (resumable)"
     )
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
-    parser.add_argument("--name", default="quality", help="result file stem (default quality)")
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="result file stem (default quality; quality_quick with --quick, so a quick check never "
+        "overwrites the full suite's results)",
+    )
     parser.add_argument("--set", nargs="*", default=[], metavar="OVERRIDE", help="overrides for every run")
     args = parser.parse_args(argv)
     if len(args.seeds) < 1 or args.jobs < 1:
         parser.error("--seeds needs at least one seed and --jobs must be >= 1")
     return args
+
+
+def result_stem(args: argparse.Namespace) -> str:
+    """File stem of the results: ``--name``, else quality (quality_quick for ``--quick``)."""
+    return args.name or ("quality_quick" if args.quick else "quality")
 
 
 def main(argv: list[str]) -> None:
@@ -613,7 +623,7 @@ def main(argv: list[str]) -> None:
     }
     out = args.out or (ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
-    stem = args.name
+    stem = result_stem(args)
     (out / f"{stem}.json").write_text(json.dumps(doc, indent=1))
     md_doc = {**doc, "summary": summary}
     (out / f"{stem}.md").write_text(markdown(md_doc))

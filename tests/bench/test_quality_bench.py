@@ -128,3 +128,9 @@ def test_a_checkpoint_of_any_independent_size_makes_a_run_resumable(tmp_path):
     assert not quality._has_checkpoint(tmp_path)
     (tmp_path / "d0008" / "checkpoints" / "last.pt").write_bytes(b"")
     assert quality._has_checkpoint(tmp_path)
+
+
+def test_a_quick_check_never_overwrites_the_full_suites_results():
+    assert quality.result_stem(quality.parse_args([])) == "quality"
+    assert quality.result_stem(quality.parse_args(["--quick"])) == "quality_quick"
+    assert quality.result_stem(quality.parse_args(["--quick", "--name", "mine"])) == "mine"
