@@ -52,9 +52,6 @@ class Recipe:
     doc: str
 
 
-# The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets
-# (LRU ring [0.5, 0.95] since the ablations); the others each change one
-# thing of it (the ablations of docs/model.md), or reproduce a reference configuration.
 #: the issue's text-only recipe (without its training windows)
 _TEXT_ONLY = (
     "model.use_id_table=false",
@@ -67,6 +64,9 @@ _TEXT_ONLY = (
     "trainer.warmup_steps=100",
 )
 
+# The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets
+# (LRU ring [0.5, 0.95] since the ablations); the others each change one
+# thing of it (the ablations of docs/model.md), or reproduce a reference configuration.
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
