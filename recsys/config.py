@@ -145,6 +145,9 @@ class TrainerSchema:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables
+    # > 0: evaluate, checkpoint and export an exponential moving average of the weights with this
+    # decay per step (recsys/training/weight_average.py); 0 = the raw weights
+    ema_decay: float = 0.0
     precision: str = "auto"  # auto | bf16 | fp32: GEMM dtype of training (recsys/training/precision.py)
     compile: bool = False  # torch.compile the projector and backbone (in place), CUDA only
     val_every_n_steps: int = 0  # 0 = validate at the end of every epoch
@@ -328,6 +331,11 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.trainer.get("precision", "auto") not in ("auto", "bf16", "fp32"):
         raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {cfg.trainer.precision!r}")
+    if not 0.0 <= float(cfg.trainer.get("ema_decay", 0.0)) < 1.0:
+        raise ValueError(
+            f"trainer.ema_decay must be in [0, 1) (0: no weight averaging; 0.99: ~100-step average), "
+            f"got {cfg.trainer.ema_decay}"
+        )
     if not 0.0 <= cfg.trainer.min_lr_ratio <= 1.0:
         raise ValueError(f"trainer.min_lr_ratio must be in [0, 1], got {cfg.trainer.min_lr_ratio}")
     opt = cfg.trainer.optimizer

@@ -130,6 +130,21 @@ RECIPES: dict[str, Recipe] = {
             "windows every 10 targets: each target sees >= 40 items of history (5x the windows)",
         ),
         Recipe(
+            "ema_0.99",
+            ("trainer.ema_decay=0.99",),
+            "evaluate an exponential moving average of the weights (decay 0.99 a step: ~100 steps)",
+        ),
+        Recipe(
+            "ema_0.998",
+            ("trainer.ema_decay=0.998",),
+            "evaluate an exponential moving average of the weights (decay 0.998 a step: ~500 steps)",
+        ),
+        Recipe(
+            "text_only_ema_0.998",
+            (*_TEXT_ONLY, "data.train_stride=50", "trainer.ema_decay=0.998"),
+            "the text-only recipe, evaluating an exponential moving average of the weights (decay 0.998)",
+        ),
+        Recipe(
             "features_whiten",
             ("model.feature_transform=whiten",),
             "text features ZCA-whitened over the catalog",

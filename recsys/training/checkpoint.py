@@ -7,7 +7,10 @@ lists and dicts with flat keys:
   ``scheduler``, ``rng`` (torch and CUDA generator states), ``world_size``, ``sizes``;
 * the position: ``epoch``, ``batch_in_epoch`` (next batch), ``step``, ``val_history``,
   ``nonfinite_steps``; early stopping: ``best_value``, ``best_step``, ``bad_validations``;
-* ``config``: the resolved run config (compared on resume).
+* ``config``: the resolved run config (compared on resume);
+* with ``trainer.ema_decay > 0`` (``recsys/training/weight_average.py``): ``model`` holds the
+  averaged weights (what validation, test and export use), ``train_model`` the raw ones training
+  continues from, and ``ema_updates``, ``ema_decay``.
 
 Distributed runs add one ``{name}.rank{r}.pt`` per rank with that rank's ``optimizer`` (its table
 shards' moments), ``rng`` and ``param_shapes``. Every file is written to a temporary file in the
@@ -27,6 +30,7 @@ from torch import nn
 from data_prep.io import atomic_path
 from recsys.training.distributed import DistEnv, barrier, full_state_dict, load_full_state_dict
 from recsys.training.early_stopping import EarlyStopping
+from recsys.training.weight_average import WeightAverage
 
 # what a checkpoint needs to continue a run (check_resumable and restore_training_state)
 RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "batch_in_epoch", "step", "sizes")
@@ -153,8 +157,13 @@ def restore_training_state(
     env: DistEnv,
     device: torch.device,
     sharding_plan: dict[str, str] | None = None,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
     """Load a training checkpoint into the parts; return the progress to continue from.
+
+    ``average`` (the run's weight average, ``trainer.ema_decay > 0``) gets the checkpoint's averaged
+    weights and the model its raw ones; a checkpoint with averaged weights needs one, and one
+    without cannot give it.
 
     Refuses (``ValueError``) a checkpoint of other sizes, of another world size, or (distributed)
     whose rank file holds optimiser state of other parameter shards. Returns ``epoch``,
@@ -178,7 +187,16 @@ def restore_training_state(
                 f"(table sharding {sharding_plan}); resume with the same world size and trainer.sharding"
             )
         ckpt.update(rank_ckpt)
+    averaged = "train_model" in ckpt
+    if averaged != (average is not None):
+        raise ValueError(
+            f"checkpoint {path} was trained with trainer.ema_decay={ckpt.get('ema_decay', 0.0)}, "
+            f"this run has {average.decay if average is not None else 0.0}: resume with the same trainer.ema_decay"
+        )
     load_model_state(model, ckpt["model"], env)
+    if average is not None:
+        average.reset_to_current(int(ckpt.get("ema_updates", 0)))
+        load_model_state(model, ckpt["train_model"], env)
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])
     set_rng_state(ckpt["rng"])

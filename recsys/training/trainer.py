@@ -19,6 +19,7 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -54,6 +55,7 @@ from recsys.training.distributed import (
     all_reduce_accumulator,
     all_reduce_sum,
     clip_grad_norm_global,
+    full_state_dict,
     init_distributed,
     local_shard,
     rank_range,
@@ -63,6 +65,7 @@ from recsys.training.early_stopping import EarlyStopping
 from recsys.training.param_groups import decay_groups, parameter_kinds
 from recsys.training.precision import autocast_dtype
 from recsys.training.tensorboard import NullLogger, TensorBoardLogger
+from recsys.training.weight_average import WeightAverage
 
 log = logging.getLogger("recsys.training.trainer")
 
@@ -142,6 +145,13 @@ class Trainer:
         self.optimizer = instantiate(tcfg.optimizer)(
             [{k: v for k, v in g.items() if k != "kinds"} for g in groups]
         )
+        # trainer.ema_decay > 0: validation, checkpoints' "model", test and export see the EMA weights
+        ema_decay = float(tcfg.get("ema_decay", 0.0))
+        self.ema = (
+            WeightAverage([p for g in self.optimizer.param_groups for p in g["params"]], ema_decay)
+            if ema_decay > 0
+            else None
+        )
         self.sizes = effective_ladder(cfg.model)
         self.ks = tuple(cfg.eval.ks)
         self.batches_per_epoch = self.dataset.num_train_batches(tcfg.batch_size)
@@ -218,6 +228,12 @@ class Trainer:
         state = training_state(
             self.model, self.optimizer, self.scheduler, self.early_stopping, progress, self.cfg, self.env
         )
+        if self.ema is not None:  # "model": the averaged weights (what is evaluated); "train_model": raw
+            state["train_model"] = {k: v.detach().clone() for k, v in state["model"].items()}
+            with self.ema.applied():
+                averaged = full_state_dict(self.model) if self.env.enabled else self.model.state_dict()
+                state["model"] = {k: v.detach().clone() for k, v in averaged.items()}
+            state.update(self.ema.state_dict())
         path = self.ckpt_dir / f"{name}.pt"
         save_training_checkpoint(state, path, self.optimizer, self.env)
         return path
@@ -233,6 +249,7 @@ class Trainer:
             self.env,
             self.device,
             self.sharding_plan,
+            average=self.ema,
         )
         for key, value in progress.items():
             setattr(self, key, value)
@@ -257,8 +274,10 @@ class Trainer:
         return all_reduce_accumulator(acc, self.env).compute()
 
     def validate(self) -> bool:
-        """Validate, log, keep the best checkpoint; return True when early stopping triggers."""
-        results = self.evaluate("validation")
+        """Validate (the averaged weights with ``trainer.ema_decay > 0``), log, keep the best checkpoint;
+        return True when early stopping triggers."""
+        with self.ema.applied() if self.ema is not None else contextlib.nullcontext():
+            results = self.evaluate("validation")
         self.tb.log_eval("validation", self.step, results)
         stopper = self.early_stopping
         value = stopper.monitored(results)
@@ -322,6 +341,8 @@ class Trainer:
         if self._step_is_finite(stats[0], grad_norm):
             self.optimizer.step()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update()
         return float(stats[0]), [float(x) for x in stats[1:]]
 
     def _step_is_finite(self, loss: torch.Tensor, grad_norm: torch.Tensor | None) -> bool:
