@@ -425,6 +425,7 @@ ADDED_KEY_DEFAULTS = {
     ("model", "cross_size_grad"): 1.0,
     ("data", "cold_targets"): "keep",
     ("data", "k_core"): None,
+    ("trainer", "ema_decay"): 0.0,
 }
 
 

@@ -8,7 +8,9 @@ of that sharding type in one go (process start-up, imports and sharding dominate
   clipping active on most of them; its final weights are gathered in the single-process format;
 * ``ids_stop`` + ``ids_resume``: the same run stopped after 4 steps, then resumed from
   ``last.pt`` on the same world size (model, per-rank optimiser state incl. the table shards,
-  scheduler, RNG) and continued to the end.
+  scheduler, RNG) and continued to the end. These two also average the weights
+  (``trainer.ema_decay``), which must not change training: the resumed raw weights (the
+  checkpoint's ``train_model``, loaded into the sharded tables) and losses equal the others'.
 
 One more job trains the id table with column_wise and data_parallel sharding. The parent
 compares each with a single-process run on the same data and seed. Dropout off so the runs are
@@ -47,6 +49,7 @@ COMMON = [
 # changes which steps are clipped and by how much; the final weights are kept (no test_best)
 ID_RUN = ["model.use_id_table=true", "trainer.grad_clip=5.0", "test_at_end=false"]
 STOP_AT = 4
+EMA = ["trainer.ema_decay=0.9"]
 SHARDINGS = ["row_wise", "table_wise"]
 # measured differences are ~1e-7 (float32 reduction order); leaving the table shards out of the
 # clipping norm alone moves the losses by ~1e-4 and the weights by ~1e-4
@@ -163,8 +166,8 @@ def distributed(request, dataset, tmp_path_factory) -> dict[str, Any]:
     jobs = [
         ("feat", root / "feat", [forced]),
         ("ids", root / "ids", [forced, *ID_RUN]),
-        ("ids_stop", root / "ids_resumed", [forced, *ID_RUN, f"trainer.stop_after_steps={STOP_AT}"]),
-        ("ids_resume", root / "ids_resumed", [forced, *ID_RUN, "resume=true"]),
+        ("ids_stop", root / "ids_resumed", [forced, *ID_RUN, *EMA, f"trainer.stop_after_steps={STOP_AT}"]),
+        ("ids_resume", root / "ids_resumed", [forced, *ID_RUN, *EMA, "resume=true"]),
     ]
     out = _spawn(dataset, jobs, root / "results.pt")
     return {"sharding": sharding, "root": root, **out}
@@ -237,7 +240,11 @@ def test_resume_on_same_world_size_equals_uninterrupted(single, distributed):
     assert stop["reason"] == "stop_after_steps" and len(stop["losses"]) == STOP_AT
     assert stop["losses"] + resumed["losses"] == pytest.approx(full["losses"], **LOSS_TOL)
     assert stop["losses"] + resumed["losses"] == pytest.approx(single["ids"]["losses"], **LOSS_TOL)
-    _assert_same_weights(resumed["initial"], stop["final"])  # the sharded weights were restored
+    _assert_same_weights(resumed["initial"], stop["final"])  # the sharded raw weights were restored
+    ckpt = load_checkpoint(distributed["root"] / "ids_resumed" / "checkpoints" / "last.pt")
+    _assert_same_weights(ckpt["train_model"], full["final"])  # raw weights, gathered
+    id_key = "tables.ids.embedding_bags.item_id_table.weight"  # the averaged table lags the raw one
+    assert not torch.allclose(ckpt["model"][id_key], ckpt["train_model"][id_key], **WEIGHT_TOL)
     _assert_same_weights(resumed["final"], full["final"])
     _assert_same_weights(resumed["final"], single["ids"]["final"])
 
