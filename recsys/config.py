@@ -120,6 +120,8 @@ class FullSoftmaxSchema(LossSchema):
     cross_size_grad: float = 1.0
     # the same, one value per size of the ladder (chunk by chunk); None = cross_size_grad everywhere
     cross_size_grad_chunks: list[float] | None = None
+    # self-distillation: sizes below the widest learn from (1 - w) onehot + w * widest size's softmax
+    distill_weight: float = 0.0
 
 
 @dataclass
@@ -422,6 +424,7 @@ ADDED_KEY_DEFAULTS = {
     ("loss", "logit_scale_exponent"): 0.0,
     ("loss", "cross_size_grad"): 1.0,
     ("loss", "cross_size_grad_chunks"): None,
+    ("loss", "distill_weight"): 0.0,
     ("model", "cross_size_grad"): 1.0,
     ("data", "cold_targets"): "keep",
     ("data", "k_core"): None,

@@ -145,6 +145,16 @@ RECIPES: dict[str, Recipe] = {
             "the text-only recipe, evaluating an exponential moving average of the weights (decay 0.998)",
         ),
         Recipe(
+            "distill_0.3",
+            ("loss.distill_weight=0.3",),
+            "self-distillation: sizes below the widest learn from 0.7 onehot + 0.3 x the widest size's softmax",
+        ),
+        Recipe(
+            "distill_0.6",
+            ("loss.distill_weight=0.6",),
+            "self-distillation: sizes below the widest learn from 0.4 onehot + 0.6 x the widest size's softmax",
+        ),
+        Recipe(
             "features_whiten",
             ("model.feature_transform=whiten",),
             "text features ZCA-whitened over the catalog",

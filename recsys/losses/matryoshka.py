@@ -9,6 +9,14 @@ at size s_m of the logits times ``t_m`` (``size_scales``, default 1: a per-size 
 leaves every size's ranking unchanged); item 0 (padding) is excluded from the softmax. Weights default to equal and are
 normalised to sum to 1, so the loss is on the scale of one cross-entropy whatever M is.
 
+Self-distillation (``distill_weight`` = alpha > 0): every size but the widest learns from a
+soft target, ``q_m = (1 - alpha) onehot(target) + alpha * stop_grad(p_M)`` with ``p_M`` the widest
+size's softmax over the catalog, i.e. its loss is ``(1 - alpha) CE_m + alpha H(p_M, p_m)`` (H the
+cross-entropy between the two distributions; the KL up to a constant). The widest size keeps the
+plain CE and no gradient flows back into its distribution. Its gradient w.r.t. the logits is
+``p_m - q_m``, so it rides the same fused pass: the widest size's softmax, computed first anyway,
+is kept in one more (p, N+1) buffer.
+
 Training memory: ``matryoshka_cross_entropy`` goes over positions in chunks sized so the
 (M, chunk, N+1) logits fit ``budget_bytes``, and computes the gradients w.r.t. h and E chunk by
 chunk inside the forward pass (a custom autograd function): the logits of a chunk are freed
@@ -122,11 +130,15 @@ def _chunk_loss(
     grad_items: torch.Tensor | None = None,
     size_scales: Sequence[float] | None = None,
     cross_size_grad: float | Sequence[float] = 1.0,
+    distill: float = 0.0,
+    soft_sum: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk of positions, no autograd: summed CE per size (M,) and, if ``grad_items`` (N+1, D)
-    is given, dL/dh (p, D) of ``scale * sum_m w_m * sum_p CE_m[p]``, dL/dE being added into ``grad_items``.
+    is given, dL/dh (p, D) of ``scale * sum_m w_m * sum_p loss_m[p]``, dL/dE being added into ``grad_items``.
     CE_m is of the logits times ``size_scales[m]`` (all 1 when None). ``cross_size_grad`` < 1 scales
-    the gradient a size's loss sends into the smaller sizes' chunks (see :func:`matryoshka_cross_entropy`)."""
+    the gradient a size's loss sends into the smaller sizes' chunks (see :func:`matryoshka_cross_entropy`).
+    ``distill`` > 0: loss_m = (1 - distill) CE_m + distill H(p_M, p_m) for m < M (module docstring),
+    the summed H of each size added into ``soft_sum`` (M,) (the widest size's entry stays 0)."""
     logits = all_size_logits(hidden, items, ladder)  # (M, p, N+1)
     if size_scales is not None:
         logits.mul_(torch.tensor(list(size_scales), dtype=logits.dtype, device=logits.device)[:, None, None])
@@ -134,15 +146,21 @@ def _chunk_loss(
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     ce_sum = hidden.new_empty(len(ladder))
     if grad_items is None:
+        teacher = torch.softmax(logits[-1, :, 1:], dim=-1) if distill > 0 else None  # (p, N)
         for m in range(len(ladder)):
             # log_softmax/softmax kernels, not logsumexp/exp_: exp of very negative logits is slow on CPU.
-            ce_sum[m] = -torch.log_softmax(logits[m], dim=-1)[rows, targets].sum()
+            log_p = torch.log_softmax(logits[m], dim=-1)
+            ce_sum[m] = -log_p[rows, targets].sum()
+            if teacher is not None and soft_sum is not None and m < len(ladder) - 1:
+                soft_sum[m] += -torch.linalg.vecdot(teacher, log_p[:, 1:]).sum()
         return ce_sum, None
     factors = (weights * scale).tolist()
     if size_scales is not None:
         factors = [f * t for f, t in zip(factors, size_scales)]
     gs = per_chunk_cross_size_grad(cross_size_grad, len(ladder))
-    _logits_to_gradients_(logits, hidden, targets, items, ladder, factors, gs, size_scales, ce_sum)
+    _logits_to_gradients_(
+        logits, hidden, targets, items, ladder, factors, gs, size_scales, ce_sum, distill, soft_sum
+    )
     grad_h = torch.empty_like(hidden)
     for c, (a, b) in enumerate(chunk_bounds(ladder)):
         # written into the column slices in place (BLAS strides): no temporaries, no extra add pass
@@ -161,6 +179,8 @@ def _logits_to_gradients_(
     gs: Sequence[float],
     size_scales: Sequence[float] | None,
     ce_sum: torch.Tensor,
+    distill: float = 0.0,
+    soft_sum: torch.Tensor | None = None,
 ) -> None:
     """Turn the (M, p, N+1) logits (padding column at -inf) in place into the chunk gradients R_c
     the GEMMs read, writing the summed CE of each size into ``ce_sum`` (M,).
@@ -168,17 +188,27 @@ def _logits_to_gradients_(
     ``factors[m]`` = w_m * scale * t_m, ``gs[m]`` the cross-size gradient rule of chunk m;
     ``hidden`` (p, D), ``targets`` (p,) and ``items`` (N+1, D) only for the exact CE of rows whose
     target probability underflows. No entry of the result is subnormal (see :func:`_flush_threshold`).
+    ``distill`` > 0: sizes m < M get the soft target (module docstring); their summed H(p_M, p_m)
+    is added into ``soft_sum`` (M,).
     """
     rows = torch.arange(logits.shape[1], device=logits.device)
+    widest = len(ladder) - 1
+    teacher = None  # (p, N+1): the widest size's softmax, kept for the soft targets of the others
     # In place, from the largest size down: logits[m] becomes R_m = sum_{m' >= m} G_m', with
     # G_m = w_m * scale * t_m * (softmax_m - onehot(target)) = dLoss/d(unscaled logits_m).
     # With cross_size_grad g_m < 1 for chunk m: R_m = G_m + g_m * S_{m+1}, S_{m+1} = sum_{m' > m} G_m'
     # kept in one extra (p, N+1) buffer, as (1 - g_m) G_m + g_m S_m.
     exact = all(g == 1.0 for g in gs)
-    flush = _flush_threshold(factors, gs)
+    flush = _flush_threshold([*factors, *(f * distill for f in factors)], gs)
     suffix = None
     for m in range(len(ladder) - 1, -1, -1):
         grad = logits[m]  # (p, N+1)
+        soft = teacher is not None
+        if soft:
+            # H(p_M, p_m) = logsumexp(logits_m) - p_M . logits_m = logits_m[target] + CE_m - p_M . logits_m:
+            # read off the logits before the softmax overwrites them (padding column left out: p_M = 0 there)
+            teacher_dot = torch.linalg.vecdot(teacher[:, 1:], grad[:, 1:])  # (p,)
+            logit_target = grad[rows, targets]  # (p,) a copy (advanced indexing)
         torch._softmax(grad, -1, False, out=grad)  # in-place softmax (row-wise kernel, safe)
         # CE = -log p(target) from the softmax just taken: one pass over the logits fewer than a
         # separate log_softmax (the loss is memory-bound); exact where p(target) is not tiny, and
@@ -190,8 +220,18 @@ def _logits_to_gradients_(
             scale_m = 1.0 if size_scales is None else size_scales[m]
             ce[tiny] = _exact_ce(hidden[tiny], targets[tiny], items, ladder[m], scale_m)
         ce_sum[m] = ce.sum()
+        if distill > 0 and m == widest:
+            teacher = torch.nn.functional.threshold(grad, flush, 0.0)  # p_M, flushed like the gradients
         torch.nn.functional.threshold_(grad, flush, 0.0)  # no subnormals into the GEMMs (_flush_threshold)
-        grad[rows, targets] = p_target - 1.0
+        if soft:
+            if soft_sum is not None:
+                soft_sum[m] += (logit_target + ce - teacher_dot).sum()
+            # gradient p_m - q_m with q_m = (1 - distill) onehot(target) + distill p_M
+            teacher_target = teacher[rows, targets]
+            grad.sub_(teacher, alpha=distill)
+            grad[rows, targets] = p_target - distill * teacher_target - (1.0 - distill)
+        else:
+            grad[rows, targets] = p_target - 1.0
         if m == len(ladder) - 1:
             grad.mul_(factors[m])
             if not exact and m > 0:
@@ -218,12 +258,16 @@ def _exact_ce(
 
 class _FusedMatryoshkaCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, targets, items, ladder, weights, budget_bytes, size_scales, cross_size_grad):
-        # one more (p, N+1) buffer when a cross_size_grad < 1 (the running sum of larger sizes' gradients)
-        slabs = len(ladder) + any(g != 1.0 for g in cross_size_grad)
+    def forward(
+        ctx, hidden, targets, items, ladder, weights, budget_bytes, size_scales, cross_size_grad, distill
+    ):
+        # one more (p, N+1) buffer when a cross_size_grad < 1 (the running sum of larger sizes'
+        # gradients), one more for self-distillation (the widest size's softmax)
+        slabs = len(ladder) + any(g != 1.0 for g in cross_size_grad) + (distill > 0)
         chunk = positions_per_chunk(slabs, items.shape[0], budget_bytes)
         num = hidden.shape[0]
         per_size = hidden.new_zeros(len(ladder))
+        soft = hidden.new_zeros(len(ladder))  # summed H(p_M, p_m) (distill > 0)
         grad_h = torch.empty_like(hidden)
         grad_items = torch.zeros_like(items)
         for start in range(0, num, chunk):
@@ -237,18 +281,31 @@ class _FusedMatryoshkaCE(torch.autograd.Function):
                 grad_items,
                 size_scales,
                 cross_size_grad,
+                distill,
+                soft,
             )
             per_size += ce
             grad_h[start : start + chunk] = gh
         per_size /= num
         ctx.save_for_backward(grad_h, grad_items)
         ctx.mark_non_differentiable(per_size)
-        return (weights.to(per_size.dtype) * per_size).sum(), per_size
+        return _objective(weights, per_size, soft / num, distill), per_size
 
     @staticmethod
     def backward(ctx, grad_total, _grad_per_size):
         grad_h, grad_items = ctx.saved_tensors
-        return grad_h * grad_total, None, grad_items * grad_total, None, None, None, None, None
+        return grad_h * grad_total, None, grad_items * grad_total, None, None, None, None, None, None
+
+
+def _objective(weights: torch.Tensor, ce: torch.Tensor, soft: torch.Tensor, distill: float) -> torch.Tensor:
+    """sum_m w_m loss_m from the mean CE (M,) and mean H(p_M, p_m) (M,) of each size: the widest size
+    (and every size with ``distill`` 0) on its CE alone."""
+    w = weights.to(ce.dtype)
+    if distill == 0:
+        return (w * ce).sum()
+    alpha = torch.full_like(ce, distill)
+    alpha[-1] = 0.0
+    return (w * ((1.0 - alpha) * ce + alpha * soft)).sum()
 
 
 def matryoshka_cross_entropy(
@@ -260,6 +317,7 @@ def matryoshka_cross_entropy(
     budget_bytes: int = DEFAULT_BUDGET_BYTES,
     size_scales: Sequence[float] | None = None,
     cross_size_grad: float | Sequence[float] = 1.0,
+    distill_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Matryoshka full-softmax cross-entropy.
 
@@ -276,7 +334,13 @@ def matryoshka_cross_entropy(
     dimensions on top of the smaller ones (the nested layers' counterpart:
     ``recsys.nn.nested.set_cross_size_grad``, ``model.cross_size_grad``). A sequence of M values
     gives each chunk c its own g_c (the widest chunk's value has no effect: no larger size reaches it).
+
+    ``distill_weight`` alpha in [0, 1): self-distillation (module docstring); the total is then
+    ``sum_m w_m ((1 - alpha_m) CE_m + alpha_m H(p_M, p_m))`` with alpha_M = 0, per_size still the CE.
     """
+    if not 0.0 <= float(distill_weight) < 1.0:
+        raise ValueError(f"distill_weight must be in [0, 1), got {distill_weight}")
+    distill_weight = float(distill_weight) if len(ladder) > 1 else 0.0
     cross_size_grad = per_chunk_cross_size_grad(cross_size_grad, len(ladder))
     weights = size_weights_tensor(ladder, size_weights).to(hidden.device)
     dtype = torch.promote_types(torch.promote_types(hidden.dtype, items.dtype), torch.float32)
@@ -303,25 +367,36 @@ def matryoshka_cross_entropy(
                 budget_bytes,
                 size_scales,
                 cross_size_grad,
+                distill_weight,
             )
         return total, per_size.detach()
-    chunk = positions_per_chunk(len(ladder), items.shape[0], budget_bytes)
+    chunk = positions_per_chunk(len(ladder) + (distill_weight > 0), items.shape[0], budget_bytes)
     with torch.autocast(hidden.device.type, enabled=False):
-        per_size = _loss_sums(hidden, targets, items, ladder, weights, chunk, size_scales)
-    return (weights.to(per_size.dtype) * per_size).sum(), per_size
+        per_size, soft = _loss_sums(hidden, targets, items, ladder, weights, chunk, size_scales, distill_weight)
+    return _objective(weights, per_size, soft, distill_weight), per_size
 
 
-def _loss_sums(hidden, targets, items, ladder, weights, chunk, size_scales=None) -> torch.Tensor:
-    """(M,) mean CE per size without gradients, chunk by chunk."""
-    return (
-        sum(
-            _chunk_loss(
-                hidden[s : s + chunk], targets[s : s + chunk], items, ladder, weights, 1.0, None, size_scales
-            )[0]
-            for s in range(0, hidden.shape[0], chunk)
-        )
-        / hidden.shape[0]
+def _loss_sums(
+    hidden, targets, items, ladder, weights, chunk, size_scales=None, distill: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M,) mean CE and (M,) mean H(p_M, p_m) (zeros unless ``distill``) per size, without gradients."""
+    soft = hidden.new_zeros(len(ladder))
+    ce = sum(
+        _chunk_loss(
+            hidden[s : s + chunk],
+            targets[s : s + chunk],
+            items,
+            ladder,
+            weights,
+            1.0,
+            None,
+            size_scales,
+            distill=distill,
+            soft_sum=soft,
+        )[0]
+        for s in range(0, hidden.shape[0], chunk)
     )
+    return ce / hidden.shape[0], soft / hidden.shape[0]
 
 
 def embed_ids(model, ids: torch.Tensor) -> torch.Tensor:
@@ -360,6 +435,7 @@ def full_softmax_sum(
     size_weights: Sequence[float] | None,
     logit_scale_exponent: float = 0.0,
     cross_size_grad: float | Sequence[float] = 1.0,
+    distill_weight: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """seq (B, L), targets (B, L) (0 = ignored) -> (total_sum, per_size_sum (M,) detached, count).
 
@@ -382,6 +458,7 @@ def full_softmax_sum(
         model.config.loss_budget_bytes,
         size_logit_scales(model.ladder, logit_scale_exponent),
         cross_size_grad,
+        distill_weight,
     )
     return total * count, per_size * count, count
 
@@ -396,6 +473,8 @@ class FullSoftmaxLoss:
     the smaller sizes (1 = the exact Matryoshka gradient; see :func:`matryoshka_cross_entropy`);
     ``cross_size_grad_chunks``: the same, one value per trained size (chunk c = the dims size s_c adds;
     the widest chunk's value has no effect), e.g. ``[0, 1, 1, 1, 1, 1]``: the rule on the first chunk only.
+    ``distill_weight`` alpha: every size but the widest learns from ``(1 - alpha) onehot + alpha p_M``,
+    the widest size's (detached) softmax (module docstring); 0 = off.
     """
 
     def __init__(
@@ -404,7 +483,10 @@ class FullSoftmaxLoss:
         logit_scale_exponent: float = 0.0,
         cross_size_grad: float = 1.0,
         cross_size_grad_chunks: Sequence[float] | None = None,
+        distill_weight: float = 0.0,
     ) -> None:
+        if not 0.0 <= float(distill_weight) < 1.0:
+            raise ValueError(f"loss.distill_weight must be in [0, 1), got {distill_weight}")
         if not 0.0 <= float(logit_scale_exponent) <= 2.0:
             raise ValueError(f"loss.logit_scale_exponent must be in [0, 2], got {logit_scale_exponent}")
         if not 0.0 <= float(cross_size_grad) <= 1.0:
@@ -426,6 +508,7 @@ class FullSoftmaxLoss:
             if cross_size_grad_chunks is None
             else [float(g) for g in cross_size_grad_chunks]
         )
+        self.distill_weight = float(distill_weight)
 
     def prepare(self, train_targets: torch.Tensor, num_items: int) -> None:
         """Nothing to learn from the training data."""
@@ -434,5 +517,11 @@ class FullSoftmaxLoss:
         self, model, seq: torch.Tensor, targets: torch.Tensor, step_seed: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, int]:
         return full_softmax_sum(
-            model, seq, targets, self.size_weights, self.logit_scale_exponent, self.cross_size_grad
+            model,
+            seq,
+            targets,
+            self.size_weights,
+            self.logit_scale_exponent,
+            self.cross_size_grad,
+            self.distill_weight,
         )

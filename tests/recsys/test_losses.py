@@ -219,3 +219,48 @@ def test_no_subnormal_probability_reaches_the_gradient_gemms(gs):
         torch.testing.assert_close(logits[c].double(), expected, rtol=1e-5, atol=1e-9)
     ref_ce = torch.stack([-torch.log_softmax(ref[m], -1)[torch.arange(8), targets].sum() for m in range(3)])
     torch.testing.assert_close(ce_sum.double(), ref_ce, rtol=1e-5, atol=1e-4)
+
+
+def naive_distilled_loss(hidden, targets, items, ladder, weights, alpha):
+    """sum_m w_m ((1 - a_m) CE_m + a_m H(stop_grad(p_M), p_m)), a_M = 0, by plain autograd."""
+    log_ps = []
+    for d in ladder:
+        logits = hidden[:, :d] @ items[:, :d].T
+        log_ps.append(torch.log_softmax(logits[:, 1:], dim=-1))  # padding column left out
+    teacher = log_ps[-1].exp().detach()
+    total = 0.0
+    for m, log_p in enumerate(log_ps):
+        ce = -log_p.gather(1, (targets - 1)[:, None]).mean()
+        a = alpha if m < len(ladder) - 1 else 0.0
+        total = total + weights[m] * ((1 - a) * ce + a * -(teacher * log_p).sum(-1).mean())
+    return total
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 1])  # one chunk, one position a chunk
+@pytest.mark.parametrize("alpha", [0.3, 0.9])
+def test_self_distillation_equals_the_naive_soft_target_loss_and_grads(budget, alpha):
+    torch.manual_seed(1)
+    hidden = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(21, 40, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(1, 21, (9,))
+    weights = [1.0, 2.0, 1.0]
+    w = size_weights_tensor(LADDER, weights).double()
+    total, per_size = matryoshka_cross_entropy(
+        hidden, targets, items, LADDER, weights, budget_bytes=budget, distill_weight=alpha
+    )
+    ref = naive_distilled_loss(hidden, targets, items, LADDER, w, alpha)
+    torch.testing.assert_close(total, ref)
+    torch.testing.assert_close(per_size, naive_loss(hidden, targets, items, LADDER, w)[1].detach())  # still CE
+    g, g_ref = torch.autograd.grad(total, (hidden, items)), torch.autograd.grad(ref, (hidden, items))
+    torch.testing.assert_close(g[0], g_ref[0])
+    torch.testing.assert_close(g[1], g_ref[1])
+    # the widest size's own gradient is untouched: with only it weighted, distillation changes nothing
+    only_widest = [0.0, 0.0, 1.0]
+    a = matryoshka_cross_entropy(hidden, targets, items, LADDER, only_widest, distill_weight=alpha)[0]
+    b = matryoshka_cross_entropy(hidden, targets, items, LADDER, only_widest)[0]
+    torch.testing.assert_close(torch.autograd.grad(a, hidden)[0], torch.autograd.grad(b, hidden)[0])
+    with torch.no_grad():  # the evaluation path reports the same objective
+        total_ng, _ = matryoshka_cross_entropy(hidden, targets, items, LADDER, weights, distill_weight=alpha)
+    torch.testing.assert_close(total_ng, ref.detach())
+    with pytest.raises(ValueError, match="distill_weight"):
+        FullSoftmaxLoss(distill_weight=1.0)
