@@ -144,6 +144,8 @@ class TrainerSchema:
     optimizer: dict[str, Any] = field(default_factory=dict)  # set by the optimizer group (configs/optimizer/)
     # parameter kinds without weight decay (recsys/training/param_groups.py): bias, norm, recurrence, embedding
     no_decay: list[str] = field(default_factory=list)
+    # learning rate of trainable modality feature tables (model.trainable_features=true) times this
+    feature_lr_scale: float = 1.0
     warmup_steps: int = 100
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     grad_clip: float = 1.0  # max global grad norm; <= 0 disables
@@ -333,6 +335,14 @@ def validate(cfg: DictConfig) -> None:
         )
     if cfg.trainer.get("precision", "auto") not in ("auto", "bf16", "fp32"):
         raise ValueError(f"trainer.precision must be auto, bf16 or fp32, got {cfg.trainer.precision!r}")
+    feature_lr_scale = float(cfg.trainer.get("feature_lr_scale", 1.0))
+    if not (math.isfinite(feature_lr_scale) and feature_lr_scale > 0):
+        raise ValueError(f"trainer.feature_lr_scale must be a positive number, got {feature_lr_scale}")
+    if feature_lr_scale != 1.0 and not cfg.model.trainable_features:
+        raise ValueError(
+            f"trainer.feature_lr_scale={feature_lr_scale} has no effect: the feature tables are frozen; "
+            "train them with model.trainable_features=true"
+        )
     if not 0.0 <= float(cfg.trainer.get("ema_decay", 0.0)) < 1.0:
         raise ValueError(
             f"trainer.ema_decay must be in [0, 1) (0: no weight averaging; 0.99: ~100-step average), "
@@ -429,6 +439,7 @@ ADDED_KEY_DEFAULTS = {
     ("data", "cold_targets"): "keep",
     ("data", "k_core"): None,
     ("trainer", "ema_decay"): 0.0,
+    ("trainer", "feature_lr_scale"): 1.0,
 }
 
 

@@ -145,6 +145,16 @@ RECIPES: dict[str, Recipe] = {
             "the text-only recipe, evaluating an exponential moving average of the weights (decay 0.998)",
         ),
         Recipe(
+            "text_only_tuned_features",
+            (*_TEXT_ONLY, "data.train_stride=50", "model.trainable_features=true", "trainer.feature_lr_scale=0.1"),
+            "the text-only recipe with the text features fine-tuned at a tenth of the learning rate",
+        ),
+        Recipe(
+            "text_only_tuned_features_lr1",
+            (*_TEXT_ONLY, "data.train_stride=50", "model.trainable_features=true"),
+            "the text-only recipe with the text features fine-tuned at the full learning rate",
+        ),
+        Recipe(
             "distill_0.3",
             ("loss.distill_weight=0.3",),
             "self-distillation: sizes below the widest learn from 0.7 onehot + 0.3 x the widest size's softmax",

@@ -52,29 +52,49 @@ def parameter_kinds(model: nn.Module) -> dict[str, str]:
     return kinds
 
 
+FEATURE_TABLES = "tables.features."  # name prefix of the modality feature tables (trainer.feature_lr_scale)
+
+
 def decay_groups(
     named: Sequence[tuple[str, nn.Parameter]],
     kinds: dict[str, str],
     no_decay: Sequence[str],
     weight_decay: float,
+    lr_scales: dict[str, float] | None = None,
+    lr: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Two optimiser groups over ``named`` (names as keys of ``kinds``), in ``named``'s order:
+    """Optimiser groups over ``named`` (names as keys of ``kinds``), each parameter in one, in ``named``'s order:
     ``{"params": [...], "weight_decay": weight_decay, "kinds": [...]}`` for the decayed kinds and
-    the same with ``weight_decay = 0.0`` for ``no_decay``. An empty group is left out."""
+    the same with ``weight_decay = 0.0`` for ``no_decay``. ``lr_scales`` {name prefix: s}: the
+    parameters under a prefix go to groups of their own with ``"lr": lr * s`` (e.g. trainable feature
+    tables at a tenth of the learning rate). An empty group is left out."""
     unknown = sorted(set(no_decay) - set(NO_DECAY_KINDS))
     if unknown:
         raise ValueError(f"trainer.no_decay: unknown kinds {unknown}; choose from {list(NO_DECAY_KINDS)}")
     missing = [n for n, _ in named if n not in kinds]
     if missing:
         raise ValueError(f"parameters without a kind: {missing[:5]}")
-    decayed = [p for n, p in named if kinds[n] not in no_decay]
-    exempt = [p for n, p in named if kinds[n] in no_decay]
-    groups = [
-        {
-            "params": decayed,
-            "weight_decay": weight_decay,
-            "kinds": sorted(set(PARAMETER_KINDS) - set(no_decay)),
-        },
-        {"params": exempt, "weight_decay": 0.0, "kinds": sorted(no_decay)},
-    ]
-    return [g for g in groups if g["params"]]
+    scales = {k: float(v) for k, v in (lr_scales or {}).items() if float(v) != 1.0}
+    if scales and lr is None:
+        raise ValueError("lr_scales needs the base learning rate lr")
+
+    def scale_of(name: str) -> float:
+        return next((s for prefix, s in scales.items() if name.startswith(prefix)), 1.0)
+
+    groups = []
+    for exempt in (False, True):
+        for scale in (1.0, *sorted(set(scales.values()))):
+            members = [
+                (n, p) for n, p in named if (kinds[n] in no_decay) == exempt and scale_of(n) == scale
+            ]
+            if not members:
+                continue
+            group: dict[str, Any] = {
+                "params": [p for _, p in members],
+                "weight_decay": 0.0 if exempt else weight_decay,
+                "kinds": sorted(set(no_decay) if exempt else set(PARAMETER_KINDS) - set(no_decay)),
+            }
+            if scale != 1.0:
+                group["lr"] = lr * scale
+            groups.append(group)
+    return groups

@@ -62,7 +62,7 @@ from recsys.training.distributed import (
     shard_model,
 )
 from recsys.training.early_stopping import EarlyStopping
-from recsys.training.param_groups import decay_groups, parameter_kinds
+from recsys.training.param_groups import FEATURE_TABLES, decay_groups, parameter_kinds
 from recsys.training.precision import autocast_dtype
 from recsys.training.tensorboard import NullLogger, TensorBoardLogger
 from recsys.training.weight_average import WeightAverage
@@ -141,6 +141,8 @@ class Trainer:
             self.parameter_kinds,
             list(tcfg.get("no_decay", [])),
             float(tcfg.optimizer.get("weight_decay", 0.0)),
+            {FEATURE_TABLES: float(tcfg.get("feature_lr_scale", 1.0))},
+            float(tcfg.optimizer.lr),
         )
         self.optimizer = instantiate(tcfg.optimizer)(
             [{k: v for k, v in g.items() if k != "kinds"} for g in groups]

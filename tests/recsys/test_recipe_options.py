@@ -136,3 +136,23 @@ def test_centring_and_whitening_keep_padding_and_scale():
     assert float(eig.max() / eig.min()) < 1.05  # isotropic up to the eps regulariser
     with pytest.raises(ValueError, match="feature_transform"):
         transform_features(table, "pca")
+
+
+def test_trainable_feature_tables_get_their_own_learning_rate(processed_dataset, tmp_path):
+    cfg = tiny_cfg(
+        processed_dataset, "model.trainable_features=true", "trainer.feature_lr_scale=0.1", "trainer.no_decay=[bias]"
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    lr = cfg.trainer.optimizer.lr
+    by_lr: dict[float, set[str]] = {}
+    for group in trainer.optimizer.param_groups:
+        by_lr.setdefault(group["initial_lr"], set()).update(names[id(p)] for p in group["params"])
+    assert len(by_lr) == 2 and sorted(by_lr) == pytest.approx([0.1 * lr, lr])
+    scaled = by_lr[min(by_lr)]
+    assert scaled == {"tables.features.embedding_bags.text_table.weight"}
+    # every trainable parameter is in exactly one group
+    trainable = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert sorted(n for v in by_lr.values() for n in v) == sorted(trainable)
+    with pytest.raises(ValueError, match="feature tables are frozen"):
+        validate(tiny_cfg(processed_dataset, "trainer.feature_lr_scale=0.1"))
