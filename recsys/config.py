@@ -159,6 +159,8 @@ class TrainerSchema:
     patience: int = 5  # validations without improvement before early stopping; 0 disables
     monitor: str = "ndcg@10"
     monitor_size: int | None = None  # None = the largest size
+    # true: select and stop on the mean of `monitor` over every trained size (monitor_size unused)
+    monitor_mean: bool = False
     log_every_n_steps: int = 10
     progress: bool = True
     stop_after_steps: int = 0  # > 0: save a checkpoint and exit after this many steps (simulated kill)
@@ -309,6 +311,11 @@ def validate(cfg: DictConfig) -> None:
             "eval.filter_history is gone: every evaluation reports both protocols (all items: ndcg@10, ...; "
             "unseen items only: unseen/ndcg@10, ...). Select on the unseen one with trainer.monitor=unseen/ndcg@10"
         )
+    if cfg.trainer.get("monitor_mean", False) and cfg.trainer.monitor_size is not None:
+        raise ValueError(
+            f"trainer.monitor_mean=true selects on the mean over all sizes; trainer.monitor_size="
+            f"{cfg.trainer.monitor_size} would be ignored: set one of them"
+        )
     if cfg.trainer.monitor_size is not None and cfg.trainer.monitor_size not in sizes:
         raise ValueError(
             f"trainer.monitor_size={cfg.trainer.monitor_size} is not a trained size {list(sizes)}"
@@ -440,6 +447,7 @@ ADDED_KEY_DEFAULTS = {
     ("data", "k_core"): None,
     ("trainer", "ema_decay"): 0.0,
     ("trainer", "feature_lr_scale"): 1.0,
+    ("trainer", "monitor_mean"): False,
 }
 
 

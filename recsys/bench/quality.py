@@ -146,13 +146,23 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "text_only_tuned_features",
-            (*_TEXT_ONLY, "data.train_stride=50", "model.trainable_features=true", "trainer.feature_lr_scale=0.1"),
+            (
+                *_TEXT_ONLY,
+                "data.train_stride=50",
+                "model.trainable_features=true",
+                "trainer.feature_lr_scale=0.1",
+            ),
             "the text-only recipe with the text features fine-tuned at a tenth of the learning rate",
         ),
         Recipe(
             "text_only_tuned_features_lr1",
             (*_TEXT_ONLY, "data.train_stride=50", "model.trainable_features=true"),
             "the text-only recipe with the text features fine-tuned at the full learning rate",
+        ),
+        Recipe(
+            "monitor_mean",
+            ("trainer.monitor_mean=true",),
+            "select the checkpoint and stop on validation NDCG@10 averaged over the sizes (not the widest size's)",
         ),
         Recipe(
             "distill_0.3",

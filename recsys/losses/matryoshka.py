@@ -372,7 +372,9 @@ def matryoshka_cross_entropy(
         return total, per_size.detach()
     chunk = positions_per_chunk(len(ladder) + (distill_weight > 0), items.shape[0], budget_bytes)
     with torch.autocast(hidden.device.type, enabled=False):
-        per_size, soft = _loss_sums(hidden, targets, items, ladder, weights, chunk, size_scales, distill_weight)
+        per_size, soft = _loss_sums(
+            hidden, targets, items, ladder, weights, chunk, size_scales, distill_weight
+        )
     return _objective(weights, per_size, soft, distill_weight), per_size
 
 

@@ -35,8 +35,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     print(f"\nrun directory: {out['run_dir']}\nTensorBoard:   tensorboard --logdir {out['run_dir'] / 'tb'}")
     if out["results"] is None:
         return None
-    size = cfg.trainer.monitor_size or effective_ladder(cfg.model)[-1]
-    return out["results"]["validation"][size][cfg.trainer.monitor]
+    return out["trainer"].early_stopping.monitored(out["results"]["validation"])
 
 
 def main() -> None:

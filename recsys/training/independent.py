@@ -37,6 +37,7 @@ def size_config(cfg: DictConfig, d: int) -> DictConfig:
     sub.model.ladder, sub.model.width, sub.model.independent = [d], d, False
     sub.loss.size_weights = None  # one size: one weight
     sub.trainer.monitor_size = None
+    sub.trainer.monitor_mean = False  # one size: its own metric
     sub.name = f"{cfg.name}-independent-d{d}"
     OmegaConf.set_struct(sub, OmegaConf.is_struct(cfg))
     return sub

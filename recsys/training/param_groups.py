@@ -84,9 +84,7 @@ def decay_groups(
     groups = []
     for exempt in (False, True):
         for scale in (1.0, *sorted(set(scales.values()))):
-            members = [
-                (n, p) for n, p in named if (kinds[n] in no_decay) == exempt and scale_of(n) == scale
-            ]
+            members = [(n, p) for n, p in named if (kinds[n] in no_decay) == exempt and scale_of(n) == scale]
             if not members:
                 continue
             group: dict[str, Any] = {

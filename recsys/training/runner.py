@@ -124,7 +124,7 @@ def run(
                 protocol = "unseen items only" if stopper.monitor.startswith("unseen/") else "all items"
                 title = (
                     f"test metrics per size at the best step {stopper.best_step} (selected on validation "
-                    f"{stopper.monitor} at d{stopper.size}, {protocol}); unseen/ = items the user has already "
+                    f"{stopper.monitor} at {stopper.label}, {protocol}); unseen/ = items the user has already "
                     "seen left out of the ranking, as serving does; every metric in metrics.json"
                 )
                 print(format_table(results["test"], title=title))

@@ -162,7 +162,8 @@ class Trainer:
             self.optimizer, warmup_cosine(tcfg.warmup_steps, self.total_steps, tcfg.min_lr_ratio)
         )
         self.autocast_dtype = autocast_dtype(tcfg.precision, self.device)  # None: fp32
-        self.early_stopping = EarlyStopping(tcfg.monitor, tcfg.monitor_size or self.sizes[-1], tcfg.patience)
+        monitored_size = "mean" if tcfg.get("monitor_mean", False) else tcfg.monitor_size or self.sizes[-1]
+        self.early_stopping = EarlyStopping(tcfg.monitor, monitored_size, tcfg.patience)
         # training position (all of it goes into checkpoints)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         self.val_history: list[dict[str, Any]] = []
@@ -293,11 +294,11 @@ class Trainer:
         )
         improved = stopper.update(value, self.step)
         log.info(
-            "step %d validation %s (%s) @d%d = %.4f (best %.4f at step %d)",
+            "step %d validation %s (%s) @%s = %.4f (best %.4f at step %d)",
             self.step,
             stopper.monitor,
             "unseen items" if protocol_of(stopper.monitor) == "unseen" else "all items",
-            stopper.size,
+            stopper.label,
             value,
             stopper.best_value,
             stopper.best_step,
@@ -490,7 +491,7 @@ class Trainer:
                 "users": {s: len(self.dataset.split(s)) for s in results},
                 "cold_targets": self.dataset.cold_targets,
                 "cold_targets_dropped": {s: self.dataset.split(s).dropped for s in results},
-                "monitor": f"{stopper.monitor}@d{stopper.size}",
+                "monitor": f"{stopper.monitor}@{stopper.label}",
                 "best_step": stopper.best_step,
                 "best_validation_value": stopper.best_value,
                 # wall seconds of training + validation: until the best checkpoint's validation, and in all

@@ -250,7 +250,9 @@ def test_self_distillation_equals_the_naive_soft_target_loss_and_grads(budget, a
     )
     ref = naive_distilled_loss(hidden, targets, items, LADDER, w, alpha)
     torch.testing.assert_close(total, ref)
-    torch.testing.assert_close(per_size, naive_loss(hidden, targets, items, LADDER, w)[1].detach())  # still CE
+    torch.testing.assert_close(
+        per_size, naive_loss(hidden, targets, items, LADDER, w)[1].detach()
+    )  # still CE
     g, g_ref = torch.autograd.grad(total, (hidden, items)), torch.autograd.grad(ref, (hidden, items))
     torch.testing.assert_close(g[0], g_ref[0])
     torch.testing.assert_close(g[1], g_ref[1])

@@ -3,6 +3,8 @@ training windows (data.train_stride) and centred / whitened frozen features."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -140,7 +142,10 @@ def test_centring_and_whitening_keep_padding_and_scale():
 
 def test_trainable_feature_tables_get_their_own_learning_rate(processed_dataset, tmp_path):
     cfg = tiny_cfg(
-        processed_dataset, "model.trainable_features=true", "trainer.feature_lr_scale=0.1", "trainer.no_decay=[bias]"
+        processed_dataset,
+        "model.trainable_features=true",
+        "trainer.feature_lr_scale=0.1",
+        "trainer.no_decay=[bias]",
     )
     trainer = Trainer(cfg, tmp_path / "run")
     names = {id(p): n for n, p in trainer.model.named_parameters()}
@@ -156,3 +161,26 @@ def test_trainable_feature_tables_get_their_own_learning_rate(processed_dataset,
     assert sorted(n for v in by_lr.values() for n in v) == sorted(trainable)
     with pytest.raises(ValueError, match="feature tables are frozen"):
         validate(tiny_cfg(processed_dataset, "trainer.feature_lr_scale=0.1"))
+
+
+def test_monitor_mean_selects_on_the_mean_over_sizes(processed_dataset, tmp_path):
+    from recsys.training.early_stopping import EarlyStopping
+    from recsys.training.runner import run
+
+    stopper = EarlyStopping("ndcg@10", "mean", patience=1)
+    results = {4: {"ndcg@10": 0.1}, 8: {"ndcg@10": 0.2}, 16: {"ndcg@10": 0.6}}
+    assert stopper.monitored(results) == pytest.approx(0.3) and stopper.label == "mean over sizes"
+    out = run(
+        tiny_cfg(processed_dataset, "trainer.max_epochs=2", "trainer.monitor_mean=true"), tmp_path / "run"
+    )
+    trainer = out["trainer"]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["monitor"] == "ndcg@10@mean over sizes"
+    best = max(trainer.val_history, key=lambda v: v["value"])
+    assert metrics["best_step"] == best["step"]
+    val = metrics["validation"]  # the best checkpoint's validation: its mean over sizes is the best value
+    assert sum(val[str(d)]["ndcg@10"] for d in trainer.sizes) / len(trainer.sizes) == pytest.approx(
+        metrics["best_validation_value"], abs=1e-9
+    )
+    with pytest.raises(ValueError, match="set one of them"):
+        validate(tiny_cfg(processed_dataset, "trainer.monitor_mean=true", "trainer.monitor_size=8"))

@@ -33,7 +33,9 @@ def test_update_follows_the_warm_up_formula_and_applied_restores_the_raw_weights
         WeightAverage([w], decay=1.0)
 
 
-def test_checkpoints_hold_the_averaged_weights_as_model_and_the_raw_ones_to_resume(processed_dataset, tmp_path):
+def test_checkpoints_hold_the_averaged_weights_as_model_and_the_raw_ones_to_resume(
+    processed_dataset, tmp_path
+):
     cfg = tiny_cfg(processed_dataset, "trainer.max_epochs=1", "trainer.ema_decay=0.9")
     out = run(cfg, tmp_path / "run")
     trainer = out["trainer"]
@@ -57,7 +59,12 @@ def test_checkpoints_hold_the_averaged_weights_as_model_and_the_raw_ones_to_resu
 
 
 def test_resumed_averaged_run_equals_uninterrupted_run(processed_dataset, tmp_path):
-    common = ["trainer.max_epochs=2", "backbone.dropout=0.2", "trainer.val_every_n_steps=5", "trainer.ema_decay=0.95"]
+    common = [
+        "trainer.max_epochs=2",
+        "backbone.dropout=0.2",
+        "trainer.val_every_n_steps=5",
+        "trainer.ema_decay=0.95",
+    ]
     full = run(tiny_cfg(processed_dataset, *common), tmp_path / "full")
     part = run(tiny_cfg(processed_dataset, *common, "trainer.stop_after_steps=7"), tmp_path / "part")
     ckpt = tmp_path / "part" / "checkpoints" / "last.pt"
