@@ -66,7 +66,7 @@ def test_resumed_averaged_run_equals_uninterrupted_run(processed_dataset, tmp_pa
         "trainer.ema_decay=0.95",
     ]
     full = run(tiny_cfg(processed_dataset, *common), tmp_path / "full")
-    part = run(tiny_cfg(processed_dataset, *common, "trainer.stop_after_steps=7"), tmp_path / "part")
+    run(tiny_cfg(processed_dataset, *common, "trainer.stop_after_steps=7"), tmp_path / "part")
     ckpt = tmp_path / "part" / "checkpoints" / "last.pt"
     resumed = run(tiny_cfg(processed_dataset, *common, f"resume={ckpt}"), tmp_path / "ignored")
     a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
