@@ -160,6 +160,11 @@ RECIPES: dict[str, Recipe] = {
             "the text-only recipe with the text features fine-tuned at the full learning rate",
         ),
         Recipe(
+            "tuned_features",
+            ("model.trainable_features=true", "trainer.feature_lr_scale=0.1"),
+            "the text features fine-tuned at a tenth of the learning rate (next to the ID table)",
+        ),
+        Recipe(
             "monitor_mean",
             ("trainer.monitor_mean=true",),
             "select the checkpoint and stop on validation NDCG@10 averaged over the sizes (not the widest size's)",
