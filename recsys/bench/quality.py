@@ -63,27 +63,78 @@ _TEXT_ONLY = (
     "trainer.patience=10",
     "trainer.warmup_steps=100",
 )
+_FROZEN_FEATURES = ("model.trainable_features=false", "trainer.feature_lr_scale=1.0")
+_TUNED_FEATURES = ("model.trainable_features=true", "trainer.feature_lr_scale=0.1")
+#: the `make demo` recipe until round 12: nested ID table + frozen text, 1 LRU block, FFN x4,
+#: windows every 10 targets, 20 epochs (the ablations up to round 11 were measured on it)
+_ID_TABLE = (
+    "model.use_id_table=true",
+    *_FROZEN_FEATURES,
+    "backbone.num_blocks=1",
+    "backbone.ffn_multiplier=4",
+    "backbone.dropout=0.2",
+    "trainer.batch_size=64",
+    "trainer.max_epochs=20",
+    "trainer.patience=5",
+    "trainer.warmup_steps=50",
+    "data.train_stride=10",
+)
 
-# The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets
-# (LRU ring [0.5, 0.95] since the ablations); the others each change one
-# thing of it (the ablations of docs/model.md), or reproduce a reference configuration.
+
+def _on(base: tuple[str, ...], *overrides: str) -> tuple[str, ...]:
+    """``base`` with ``overrides`` applied: one ``key=value`` per key, the later value winning."""
+    merged: dict[str, str] = {}
+    for item in (*base, *overrides):
+        merged[item.split("=", 1)[0]] = item
+    return tuple(merged.values())
+
+
+# The default recipe is whatever the experiment (configs/experiment/demo.yaml, ml1m_cpu.yaml) sets;
+# the others each change one thing of it (the ablations of docs/model.md), or reproduce a reference
+# configuration. Ablations measured on the former ID-table default say so (`_on(_ID_TABLE, ...)`).
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe("default", (), "the experiment as shipped (`make demo` on ML-100K)"),
         Recipe(
             "text_only",
-            (*_TEXT_ONLY, "data.train_stride=50"),
-            "the issue's text-only recipe: no ID table, 2 LRU blocks, FFN x1, batch 32, patience 10, non-overlapping windows",
+            _on(_TEXT_ONLY, "data.train_stride=50", *_FROZEN_FEATURES),
+            "the issue's text-only recipe: no ID table, 2 LRU blocks, FFN x1, batch 32, patience 10, non-overlapping windows, frozen text features",
+        ),
+        Recipe(
+            "text_only_tuned_features",
+            _on(_TEXT_ONLY, "data.train_stride=50", *_TUNED_FEATURES),
+            "the text-only recipe with the text features fine-tuned at a tenth of the learning rate (`make demo` since round 12)",
+        ),
+        Recipe(
+            "text_only_tuned_features_lr1",
+            _on(
+                _TEXT_ONLY,
+                "data.train_stride=50",
+                "model.trainable_features=true",
+                "trainer.feature_lr_scale=1.0",
+            ),
+            "the text-only recipe with the text features fine-tuned at the full learning rate",
         ),
         Recipe(
             "text_only_stride_10",
-            (*_TEXT_ONLY, "data.train_stride=10"),
-            "the text-only recipe with the default's windows every 10 targets",
+            _on(_TEXT_ONLY, "data.train_stride=10", *_FROZEN_FEATURES),
+            "the text-only recipe with windows every 10 targets",
+        ),
+        Recipe(
+            "id_table",
+            _ID_TABLE,
+            "the former default: nested ID table + frozen text, 1 LRU block, FFN x4, batch 64, windows every 10 targets, 20 epochs",
+        ),
+        Recipe(
+            "tuned_features",
+            _on(_ID_TABLE, *_TUNED_FEATURES),
+            "the ID-table recipe with the text features fine-tuned at a tenth of the learning rate",
         ),
         Recipe(
             "published_init",
-            (
+            _on(
+                _ID_TABLE,
                 "backbone.r_min=0.0",
                 "backbone.r_max=0.1",
                 "model.feature_transform=none",
@@ -91,154 +142,162 @@ RECIPES: dict[str, Recipe] = {
                 "trainer.patience=3",
                 "data.train_stride=50",
             ),
-            "the default before the ablations: LRU ring [0, 0.1] as published, raw text features, 10 epochs, patience 3, non-overlapping windows",
+            "the ID-table recipe before the ablations: LRU ring [0, 0.1] as published, raw text features, 10 epochs, patience 3, non-overlapping windows",
         ),
         Recipe(
             "no_decay_norm_bias_rec",
-            ("trainer.no_decay=[bias,norm,recurrence]",),
+            _on(_ID_TABLE, "trainer.no_decay=[bias,norm,recurrence]"),
             "no weight decay on norms, biases and LRU nu/theta/gamma/skip",
         ),
         Recipe(
             "no_decay_all_but_weights",
-            ("trainer.no_decay=[bias,norm,recurrence,embedding]",),
+            _on(_ID_TABLE, "trainer.no_decay=[bias,norm,recurrence,embedding]"),
             "weight decay on linear weights only (also not on the item-ID table)",
         ),
-        Recipe("ring_0_0.5", ("backbone.r_min=0.0", "backbone.r_max=0.5"), "LRU ring |lambda| in [0, 0.5]"),
         Recipe(
-            "ring_0.8_0.99", ("backbone.r_min=0.8", "backbone.r_max=0.99"), "LRU ring |lambda| in [0.8, 0.99]"
+            "ring_0_0.5",
+            _on(_ID_TABLE, "backbone.r_min=0.0", "backbone.r_max=0.5"),
+            "LRU ring |lambda| in [0, 0.5]",
         ),
-        Recipe("ring_0.9_0.999", ("backbone.r_min=0.9", "backbone.r_max=0.999"), "LRU ring of the LRU paper"),
-        Recipe("stride_50", ("data.train_stride=50",), "non-overlapping 50-item windows"),
+        Recipe(
+            "ring_0.8_0.99",
+            _on(_ID_TABLE, "backbone.r_min=0.8", "backbone.r_max=0.99"),
+            "LRU ring |lambda| in [0.8, 0.99]",
+        ),
+        Recipe(
+            "ring_0.9_0.999",
+            _on(_ID_TABLE, "backbone.r_min=0.9", "backbone.r_max=0.999"),
+            "LRU ring of the LRU paper",
+        ),
+        Recipe("stride_50", _on(_ID_TABLE, "data.train_stride=50"), "non-overlapping 50-item windows"),
         Recipe(
             "stride_25_5ep",
-            ("data.train_stride=25", "trainer.max_epochs=5"),
+            _on(_ID_TABLE, "data.train_stride=25", "trainer.max_epochs=5"),
             "windows every 25 targets (>= 25 items of history each, 2x the windows) for half the epochs: equal wall time",
         ),
         Recipe(
             "stride_25",
-            ("data.train_stride=25",),
+            _on(_ID_TABLE, "data.train_stride=25"),
             "windows every 25 targets: each target sees >= 25 items of history (2x the windows), all epochs",
         ),
         Recipe(
             "stride_5",
-            ("data.train_stride=5",),
+            _on(_ID_TABLE, "data.train_stride=5"),
             "windows every 5 targets: each target sees >= 45 items of history (10x the windows)",
         ),
         Recipe(
             "stride_10",
-            ("data.train_stride=10",),
+            _on(_ID_TABLE, "data.train_stride=10"),
             "windows every 10 targets: each target sees >= 40 items of history (5x the windows)",
         ),
         Recipe(
             "ema_0.99",
-            ("trainer.ema_decay=0.99",),
+            _on(_ID_TABLE, "trainer.ema_decay=0.99"),
             "evaluate an exponential moving average of the weights (decay 0.99 a step: ~100 steps)",
         ),
         Recipe(
             "ema_0.998",
-            ("trainer.ema_decay=0.998",),
+            _on(_ID_TABLE, "trainer.ema_decay=0.998"),
             "evaluate an exponential moving average of the weights (decay 0.998 a step: ~500 steps)",
         ),
         Recipe(
             "text_only_ema_0.998",
-            (*_TEXT_ONLY, "data.train_stride=50", "trainer.ema_decay=0.998"),
+            _on(_TEXT_ONLY, "data.train_stride=50", *_FROZEN_FEATURES, "trainer.ema_decay=0.998"),
             "the text-only recipe, evaluating an exponential moving average of the weights (decay 0.998)",
         ),
         Recipe(
-            "text_only_tuned_features",
-            (
-                *_TEXT_ONLY,
-                "data.train_stride=50",
-                "model.trainable_features=true",
-                "trainer.feature_lr_scale=0.1",
-            ),
-            "the text-only recipe with the text features fine-tuned at a tenth of the learning rate",
-        ),
-        Recipe(
-            "text_only_tuned_features_lr1",
-            (*_TEXT_ONLY, "data.train_stride=50", "model.trainable_features=true"),
-            "the text-only recipe with the text features fine-tuned at the full learning rate",
-        ),
-        Recipe(
-            "tuned_features",
-            ("model.trainable_features=true", "trainer.feature_lr_scale=0.1"),
-            "the text features fine-tuned at a tenth of the learning rate (next to the ID table)",
-        ),
-        Recipe(
             "monitor_mean",
-            ("trainer.monitor_mean=true",),
+            _on(_ID_TABLE, "trainer.monitor_mean=true"),
             "select the checkpoint and stop on validation NDCG@10 averaged over the sizes (not the widest size's)",
         ),
         Recipe(
             "distill_0.3",
-            ("loss.distill_weight=0.3",),
+            _on(_ID_TABLE, "loss.distill_weight=0.3"),
             "self-distillation: sizes below the widest learn from 0.7 onehot + 0.3 x the widest size's softmax",
         ),
         Recipe(
             "distill_0.6",
-            ("loss.distill_weight=0.6",),
+            _on(_ID_TABLE, "loss.distill_weight=0.6"),
             "self-distillation: sizes below the widest learn from 0.4 onehot + 0.6 x the widest size's softmax",
         ),
         Recipe(
             "features_whiten",
-            ("model.feature_transform=whiten",),
+            _on(_ID_TABLE, "model.feature_transform=whiten"),
             "text features ZCA-whitened over the catalog",
         ),
         Recipe(
-            "features_center", ("model.feature_transform=center",), "text features centred over the catalog"
+            "features_center",
+            _on(_ID_TABLE, "model.feature_transform=center"),
+            "text features centred over the catalog",
         ),
         Recipe(
             "categorical",
-            ("model.modalities=[text,categorical]",),
+            _on(_ID_TABLE, "model.modalities=[text,categorical]"),
             "+ genres and year through a torchrec EBC",
         ),
-        Recipe("no_categorical", ("model.modalities=[text]",), "text features only (no genre/year tables)"),
-        Recipe("epochs_10", ("trainer.max_epochs=10", "trainer.patience=3"), "10 epochs, patience 3"),
-        Recipe("ffn_2", ("backbone.ffn_multiplier=2",), "FFN width 2x"),
-        Recipe("blocks_2", ("backbone.num_blocks=2",), "2 LRU blocks"),
-        Recipe("dropout_0.3", ("backbone.dropout=0.3",), "dropout 0.3"),
-        Recipe("dropout_0.1", ("backbone.dropout=0.1",), "dropout 0.1"),
-        Recipe("len_100", ("data.max_len=100",), "max length 100 (training windows and evaluation history)"),
-        Recipe("len_200", ("data.max_len=200",), "max length 200 (training windows and evaluation history)"),
-        Recipe("lr_2e-3", ("trainer.optimizer.lr=0.002",), "learning rate 2e-3"),
+        Recipe(
+            "no_categorical",
+            _on(_ID_TABLE, "model.modalities=[text]"),
+            "text features only (no genre/year tables)",
+        ),
+        Recipe(
+            "epochs_10",
+            _on(_ID_TABLE, "trainer.max_epochs=10", "trainer.patience=3"),
+            "10 epochs, patience 3",
+        ),
+        Recipe("ffn_2", _on(_ID_TABLE, "backbone.ffn_multiplier=2"), "FFN width 2x"),
+        Recipe("blocks_2", _on(_ID_TABLE, "backbone.num_blocks=2"), "2 LRU blocks"),
+        Recipe("dropout_0.3", _on(_ID_TABLE, "backbone.dropout=0.3"), "dropout 0.3"),
+        Recipe("dropout_0.1", _on(_ID_TABLE, "backbone.dropout=0.1"), "dropout 0.1"),
+        Recipe(
+            "len_100",
+            _on(_ID_TABLE, "data.max_len=100"),
+            "max length 100 (training windows and evaluation history)",
+        ),
+        Recipe(
+            "len_200",
+            _on(_ID_TABLE, "data.max_len=200"),
+            "max length 200 (training windows and evaluation history)",
+        ),
+        Recipe("lr_2e-3", _on(_ID_TABLE, "trainer.optimizer.lr=0.002"), "learning rate 2e-3"),
         Recipe(
             "small_sizes_weighted",
-            ("loss.size_weights=[2,1.5,1,1,1,1]",),
+            _on(_ID_TABLE, "loss.size_weights=[2,1.5,1,1,1,1]"),
             "loss weights 2, 1.5 on d=8, 16 (ladder 8..256), 1 elsewhere",
         ),
         Recipe(
             "logit_scale_sqrt",
-            ("loss.logit_scale_exponent=0.5",),
+            _on(_ID_TABLE, "loss.logit_scale_exponent=0.5"),
             "per-size temperature: size d's logits times sqrt(D/d)",
         ),
         Recipe(
             "cross_grad_scores_0",
-            ("loss.cross_size_grad=0",),
+            _on(_ID_TABLE, "loss.cross_size_grad=0"),
             "at the scores only: chunk c of the user and item vectors trained by size s_c's loss alone",
         ),
         Recipe(
             "cross_grad_scores_0.5",
-            ("loss.cross_size_grad=0.5",),
+            _on(_ID_TABLE, "loss.cross_size_grad=0.5"),
             "at the scores only: larger sizes' gradient into the smaller sizes' dims of the user and item vectors times 0.5",
         ),
         Recipe(
             "cross_grad_scores_first",
-            ("loss.cross_size_grad_chunks=[0,1,1,1,1,1]",),
+            _on(_ID_TABLE, "loss.cross_size_grad_chunks=[0,1,1,1,1,1]"),
             "at the scores, first chunk only: dims [:8] of the user and item vectors trained by the d=8 loss alone",
         ),
         Recipe(
             "cross_grad_0",
-            ("loss.cross_size_grad=0", "model.cross_size_grad=0"),
+            _on(_ID_TABLE, "loss.cross_size_grad=0", "model.cross_size_grad=0"),
             "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",
         ),
         Recipe(
             "cross_grad_0.3",
-            ("loss.cross_size_grad=0.3", "model.cross_size_grad=0.3"),
+            _on(_ID_TABLE, "loss.cross_size_grad=0.3", "model.cross_size_grad=0.3"),
             "scores and nested layers: larger sizes' gradient into the smaller sizes' dims times 0.3",
         ),
         Recipe(
             "cross_grad_0.1",
-            ("loss.cross_size_grad=0.1", "model.cross_size_grad=0.1"),
+            _on(_ID_TABLE, "loss.cross_size_grad=0.1", "model.cross_size_grad=0.1"),
             "scores and nested layers: larger sizes' gradient into the smaller sizes' dims times 0.1",
         ),
     )
