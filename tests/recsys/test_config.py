@@ -112,6 +112,7 @@ def test_keys_added_since_a_checkpoint_take_the_value_the_old_run_behaved_with()
         "loss": {"_target_": "recsys.losses.matryoshka.FullSoftmaxLoss"},
         "model": {"width": 64},
         "data": {"name": "ml-100k"},
+        "trainer": {"max_epochs": 3},
     }
     filled = with_added_defaults(old)
     assert filled["loss"]["cross_size_grad"] == 1.0 and filled["model"]["cross_size_grad"] == 1.0
