@@ -650,7 +650,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         nargs="+",
         choices=["nested", "independent"],
         default=None,
-        help="modes of every recipe (default: nested for all, and independent too for `default`)",
+        help="modes of every recipe (default: nested for all, and independent too for those of --independent)",
+    )
+    parser.add_argument(
+        "--independent",
+        nargs="+",
+        default=["default"],
+        metavar="RECIPE",
+        help="recipes also trained as independent models per size when --modes is not given (default: default)",
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--quick", action="store_true", help="2 epochs, ladder 8..64: minutes, not hours")
@@ -695,7 +702,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(f"unknown recipes {unknown}; known: {', '.join(recipes)}")
 
     def modes(name: str) -> list[str]:
-        return args.modes or (["nested", "independent"] if name == "default" else ["nested"])
+        return args.modes or (["nested", "independent"] if name in args.independent else ["nested"])
 
     threads = args.threads or max(1, machine.cpu_info()["usable_cpus"] // args.jobs)
     extra = (*(QUICK_OVERRIDES if args.quick else ()), *args.set)
