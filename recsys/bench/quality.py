@@ -196,16 +196,6 @@ RECIPES: dict[str, Recipe] = {
             "evaluate an exponential moving average of the weights (decay 0.99 a step: ~100 steps)",
         ),
         Recipe(
-            "ema_0.998",
-            _on(_ID_TABLE, "trainer.ema_decay=0.998"),
-            "evaluate an exponential moving average of the weights (decay 0.998 a step: ~500 steps)",
-        ),
-        Recipe(
-            "text_only_ema_0.998",
-            _on(_TEXT_ONLY, "data.train_stride=50", *_FROZEN_FEATURES, "trainer.ema_decay=0.998"),
-            "the text-only recipe, evaluating an exponential moving average of the weights (decay 0.998)",
-        ),
-        Recipe(
             "monitor_mean",
             _on(_ID_TABLE, "trainer.monitor_mean=true"),
             "select the checkpoint and stop on validation NDCG@10 averaged over the sizes (not the widest size's)",

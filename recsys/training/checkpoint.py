@@ -99,6 +99,11 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], env: Dist
         model.load_state_dict(state)
 
 
+def model_state(model: nn.Module, env: DistEnv) -> dict[str, torch.Tensor]:
+    """The single-process state dict of ``model`` (sharded tables gathered: a collective)."""
+    return full_state_dict(model) if env.enabled else model.state_dict()
+
+
 def _param_shapes(optimizer: torch.optim.Optimizer) -> list[list[int]]:
     """Shapes of the optimised parameters on this rank (the table shards differ by rank and sharding)."""
     return [list(p.shape) for group in optimizer.param_groups for p in group["params"]]
@@ -118,7 +123,7 @@ def training_state(
     Distributed: gathering the sharded tables is a collective, every rank must call it.
     """
     return {
-        "model": full_state_dict(model) if env.enabled else model.state_dict(),
+        "model": model_state(model, env),
         "world_size": env.world_size,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),

@@ -47,6 +47,7 @@ from recsys.nn.nested import sliced_state_dict
 from recsys.training.checkpoint import (
     load_checkpoint,
     load_model_state,
+    model_state,
     restore_training_state,
     save_training_checkpoint,
     training_state,
@@ -55,13 +56,12 @@ from recsys.training.distributed import (
     all_reduce_accumulator,
     all_reduce_sum,
     clip_grad_norm_global,
-    full_state_dict,
     init_distributed,
     local_shard,
     rank_range,
     shard_model,
 )
-from recsys.training.early_stopping import EarlyStopping
+from recsys.training.early_stopping import MEAN, EarlyStopping
 from recsys.training.param_groups import FEATURE_TABLES, decay_groups, parameter_kinds
 from recsys.training.precision import autocast_dtype
 from recsys.training.tensorboard import NullLogger, TensorBoardLogger
@@ -162,7 +162,7 @@ class Trainer:
             self.optimizer, warmup_cosine(tcfg.warmup_steps, self.total_steps, tcfg.min_lr_ratio)
         )
         self.autocast_dtype = autocast_dtype(tcfg.precision, self.device)  # None: fp32
-        monitored_size = "mean" if tcfg.get("monitor_mean", False) else tcfg.monitor_size or self.sizes[-1]
+        monitored_size = MEAN if tcfg.get("monitor_mean", False) else tcfg.monitor_size or self.sizes[-1]
         self.early_stopping = EarlyStopping(tcfg.monitor, monitored_size, tcfg.patience)
         # training position (all of it goes into checkpoints)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -234,7 +234,7 @@ class Trainer:
         if self.ema is not None:  # "model": the averaged weights (what is evaluated); "train_model": raw
             state["train_model"] = {k: v.detach().clone() for k, v in state["model"].items()}
             with self.ema.applied():
-                averaged = full_state_dict(self.model) if self.env.enabled else self.model.state_dict()
+                averaged = model_state(self.model, self.env)
                 state["model"] = {k: v.detach().clone() for k, v in averaged.items()}
             state.update(self.ema.state_dict())
         path = self.ckpt_dir / f"{name}.pt"

@@ -14,6 +14,14 @@ from recsys.losses.matryoshka import (
 LADDER = (4, 12, 40)
 
 
+def float64_problem(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """hidden (9, 40), items (21, 40) float64 leaves with gradients, targets (9,) in 1..20."""
+    torch.manual_seed(seed)
+    hidden = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(21, 40, dtype=torch.float64, requires_grad=True)
+    return hidden, items, torch.randint(1, 21, (9,))
+
+
 def naive_loss(hidden, targets, items, ladder, weights, scales=None):
     per_size = []
     for m, d in enumerate(ladder):
@@ -124,10 +132,7 @@ def test_cross_size_grad_equals_naive_stop_gradient_reference(g, budget):
     """Size m's logits = P_m + sum_{c<m} (g_c P_c + (1-g_c) sg(P_c)): same loss value, scaled gradients."""
     from recsys.nn.nested import chunk_bounds
 
-    torch.manual_seed(2)
-    hidden = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
-    items = torch.randn(21, 40, dtype=torch.float64, requires_grad=True)
-    targets = torch.randint(1, 21, (9,))
+    hidden, items, targets = float64_problem(seed=2)
     weights = [1.0, 2.0, 1.0]
     w = size_weights_tensor(LADDER, weights).double()
     total, per_size = matryoshka_cross_entropy(
@@ -239,10 +244,7 @@ def naive_distilled_loss(hidden, targets, items, ladder, weights, alpha):
 @pytest.mark.parametrize("budget", [1 << 30, 1])  # one chunk, one position a chunk
 @pytest.mark.parametrize("alpha", [0.3, 0.9])
 def test_self_distillation_equals_the_naive_soft_target_loss_and_grads(budget, alpha):
-    torch.manual_seed(1)
-    hidden = torch.randn(9, 40, dtype=torch.float64, requires_grad=True)
-    items = torch.randn(21, 40, dtype=torch.float64, requires_grad=True)
-    targets = torch.randint(1, 21, (9,))
+    hidden, items, targets = float64_problem(seed=1)
     weights = [1.0, 2.0, 1.0]
     w = size_weights_tensor(LADDER, weights).double()
     total, per_size = matryoshka_cross_entropy(
