@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from data_prep.layout import CATEGORICAL  # the modality of categorical fields (genres, year, ...)
-from recsys.losses.matryoshka import DEFAULT_BUDGET_BYTES, matryoshka_cross_entropy
+from recsys.losses.matryoshka import matryoshka_cross_entropy
 from recsys.nn import BackboneConfig, LRUConfig, backbone_config_from_dict, build_backbone
 from recsys.nn.backbone import is_int
 from recsys.nn.item_tables import ItemTables
@@ -66,7 +66,8 @@ class ModelConfig:
     projector_hidden: int = 0  # 0: one nested linear F -> D; k > 0: F -> k*D -> SiLU -> D
     categorical_dim: int = 32  # width C of each categorical field's table (modality "categorical")
     categorical_pooling: str = "mean"  # mean | sum over an item's values of a field
-    loss_budget_bytes: int = DEFAULT_BUDGET_BYTES  # cap on the (M, chunk, N+1) logits of the loss
+    # cap on the (M, chunk, N+1) logits of the loss; None: by device (recsys.losses.matryoshka.loss_budget_bytes)
+    loss_budget_bytes: int | None = None
     # gradient rule of the nested layers (recsys.nn.nested.set_cross_size_grad): 1 = exact gradient
     cross_size_grad: float = 1.0
 
@@ -88,7 +89,8 @@ class ModelConfig:
             and self.categorical_dim > 0
             and self.categorical_dim % 4 == 0,
             "categorical_pooling": self.categorical_pooling in ("mean", "sum"),
-            "loss_budget_bytes": is_int(self.loss_budget_bytes) and self.loss_budget_bytes > 0,
+            "loss_budget_bytes": self.loss_budget_bytes is None
+            or (is_int(self.loss_budget_bytes) and self.loss_budget_bytes > 0),
             "cross_size_grad": isinstance(self.cross_size_grad, (int, float))
             and 0.0 <= float(self.cross_size_grad) <= 1.0,
         }

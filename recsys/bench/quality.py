@@ -276,6 +276,11 @@ RECIPES: dict[str, Recipe] = {
             "at the scores, first chunk only: dims [:8] of the user and item vectors trained by the d=8 loss alone",
         ),
         Recipe(
+            "default_cross_grad_scores_first",
+            ("loss.cross_size_grad_chunks=[0,1,1,1,1,1]",),
+            "the default with the rule at the scores on the first chunk: dims [:8] trained by the d=8 loss alone",
+        ),
+        Recipe(
             "cross_grad_0",
             _on(_ID_TABLE, "loss.cross_size_grad=0", "model.cross_size_grad=0"),
             "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",

@@ -6,6 +6,8 @@ from recsys.losses.matryoshka import (
     FullSoftmaxLoss,
     _logits_to_gradients_,
     all_size_logits,
+    cpu_budget_bytes,
+    loss_budget_bytes,
     matryoshka_cross_entropy,
     positions_per_chunk,
     size_weights_tensor,
@@ -65,6 +67,22 @@ def test_chunked_fused_loss_equals_unchunked_naive_loss_and_grads(budget, weight
             hidden, targets, items, LADDER, weights, budget_bytes=budget
         )
     torch.testing.assert_close(total_ng, ref_total.detach())
+
+
+def test_loss_budget_by_device_half_the_cpu_cache_and_256_mib_on_a_gpu():
+    budget = cpu_budget_bytes()
+    assert 1 << 22 <= budget <= 1 << 28
+    assert loss_budget_bytes(torch.device("cpu"), None) == budget
+    assert loss_budget_bytes(torch.device("cuda"), None) == 1 << 28
+    assert loss_budget_bytes(torch.device("cpu"), 12345) == 12345  # an explicit budget wins
+
+
+def test_default_budget_gives_the_explicit_one_chunk_result():
+    hidden, items, targets = float64_problem(3)
+    total, per_size = matryoshka_cross_entropy(hidden, targets, items, LADDER)
+    ref_total, ref_per_size = matryoshka_cross_entropy(hidden, targets, items, LADDER, budget_bytes=1 << 30)
+    torch.testing.assert_close(total, ref_total)
+    torch.testing.assert_close(per_size, ref_per_size)
 
 
 @pytest.mark.parametrize("budget", [1 << 30, 3 * 4 * 21 * 2])
