@@ -150,7 +150,7 @@ def tree_defaults(tree: str | None) -> dict:
 
 #: ``recsys-bench speed --ablate``: each lever of the training step, and how to turn it off in THIS
 #: tree (never used against another tree)
-LEVERS = ("bf16", "fused_adamw", "packing", "triangular", "cpu_scan")
+LEVERS = ("bf16", "fused_adamw", "packing", "triangular", "cpu_scan", "loss_chunks")
 
 
 def turn_off(lever: str, p: dict) -> None:
@@ -173,6 +173,10 @@ def turn_off(lever: str, p: dict) -> None:
         from recsys.nn import lru
 
         lru._step_by_step = lambda t: False
+    elif lever == "loss_chunks":  # the loss's logits in chunks of 256 MiB on CPU too (not cache-sized)
+        from recsys.losses import matryoshka
+
+        matryoshka.cpu_budget_bytes = lambda: matryoshka.DEFAULT_BUDGET_BYTES
     else:
         raise ValueError(f"unknown lever {lever!r}; known: {LEVERS}")
 

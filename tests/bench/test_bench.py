@@ -129,7 +129,7 @@ def test_compare_head_runs_both_trees_interleaved_and_gives_positive_ratios(tmp_
     assert bench_worktrees() <= before, "the compare worktree was not removed"
 
 
-def test_ablation_turns_each_lever_off_in_its_own_process_and_reports_the_ratio():
+def test_ablation_turns_each_lever_off_in_its_own_process_and_reports_the_ratio(monkeypatch):
     cfgs = suites.ablation_configs(True, 1, {"dims": [16], "steps": 2})
     assert [c.params["without"] for c in cfgs] == [None, *load_worker().LEVERS]
     params = {**cfgs[0].params, "warmup": 1, "num_items": 40, "feature_dim": 8, "tree": str(ROOT)}
@@ -147,6 +147,11 @@ def test_ablation_turns_each_lever_off_in_its_own_process_and_reports_the_ratio(
     load_worker().turn_off("bf16", p)
     load_worker().turn_off("fused_adamw", p)
     assert p == {"bf16": False, "adamw": {}}
+    from recsys.losses import matryoshka
+
+    monkeypatch.setattr(matryoshka, "cpu_budget_bytes", matryoshka.cpu_budget_bytes)  # restored after
+    load_worker().turn_off("loss_chunks", p)
+    assert matryoshka.loss_budget_bytes(torch.device("cpu"), None) == 1 << 28
     with pytest.raises(ValueError, match="unknown lever"):
         load_worker().turn_off("magic", p)
     runs = [
