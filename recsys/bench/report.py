@@ -17,6 +17,7 @@ LEVER_TEXT = {
     "packing": "LRU block on real positions only -> every position",
     "triangular": "block-triangular pieces -> one masked dense GEMM per nested linear",
     "cpu_scan": "step-by-step scan on CPU -> recursive doubling",
+    "loss_chunks": "loss logits in chunks of half the CPU cache -> 256 MiB chunks",
     # measured once (benchmarks/results/speed_levers.md), then removed for showing no gain
     "allocator": "glibc keeps freed blocks -> default mmap/munmap per large tensor",
 }
