@@ -45,6 +45,7 @@ DEFAULT_BUDGET_BYTES = 1 << 28  # 256 MiB on a GPU: GEMMs stay large (hundreds o
 # demo / ML-1M reduced nested train step on the 32 MiB-L3 AMD EPYC: 0.82-0.84x the time at 256 MiB
 # (16 MiB), 0.84-0.92x at 32 MiB, 0.82-0.89x at 8 MiB (interleaved, same batches; docs/model.md).
 CPU_FALLBACK_BUDGET_BYTES = 1 << 24  # when the cache size cannot be read
+_SYSFS_SIZE_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}  # sysfs cache sizes read e.g. "32768K"
 # below this, -log p(target) from an fp32 softmax is not exact (subnormal range near 1e-38): recomputed
 _TINY_PROBABILITY = 1e-30
 # Softmax probabilities at or below this are set to 0 in the gradient (see _flush_threshold)
@@ -62,9 +63,8 @@ def cpu_budget_bytes() -> int:
             level = int((index / "level").read_text())
         except (OSError, ValueError):
             continue
-        units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-        if size and size[-1] in units and size[:-1].isdigit():
-            sizes.append((level, int(size[:-1]) * units[size[-1]]))
+        if size and size[-1] in _SYSFS_SIZE_UNITS and size[:-1].isdigit():
+            sizes.append((level, int(size[:-1]) * _SYSFS_SIZE_UNITS[size[-1]]))
     if not sizes:
         return CPU_FALLBACK_BUDGET_BYTES
     return min(max(max(sizes)[1] // 2, 1 << 22), DEFAULT_BUDGET_BYTES)
