@@ -281,6 +281,16 @@ RECIPES: dict[str, Recipe] = {
             "the default with the rule at the scores on the first chunk: dims [:8] trained by the d=8 loss alone",
         ),
         Recipe(
+            "default_stride_10",
+            ("data.train_stride=10", "trainer.max_epochs=20", "trainer.patience=4"),
+            "the default with windows every 10 targets (5x the optimiser steps per epoch, so 20 epochs, patience 4)",
+        ),
+        Recipe(
+            "default_stride_25",
+            ("data.train_stride=25", "trainer.max_epochs=30", "trainer.patience=6"),
+            "the default with windows every 25 targets (2x the optimiser steps per epoch, so 30 epochs, patience 6)",
+        ),
+        Recipe(
             "cross_grad_0",
             _on(_ID_TABLE, "loss.cross_size_grad=0", "model.cross_size_grad=0"),
             "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",
