@@ -290,6 +290,12 @@ RECIPES: dict[str, Recipe] = {
             ("data.train_stride=25", "trainer.max_epochs=30", "trainer.patience=6"),
             "the default with windows every 25 targets (2x the optimiser steps per epoch, so 30 epochs, patience 6)",
         ),
+        Recipe("default_dropout_0.3", ("backbone.dropout=0.3",), "the default with dropout 0.3 (0.2)"),
+        Recipe(
+            "default_feature_lr_0.05",
+            ("trainer.feature_lr_scale=0.05",),
+            "the default with the title rows fine-tuned at 1/20 of the learning rate (1/10)",
+        ),
         Recipe(
             "cross_grad_0",
             _on(_ID_TABLE, "loss.cross_size_grad=0", "model.cross_size_grad=0"),
