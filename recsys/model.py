@@ -37,6 +37,7 @@ from data_prep.layout import CATEGORICAL  # the modality of categorical fields (
 from recsys.losses.matryoshka import matryoshka_cross_entropy
 from recsys.nn import BackboneConfig, LRUConfig, backbone_config_from_dict, build_backbone
 from recsys.nn.backbone import is_int
+from recsys.nn.dropout import Dropout
 from recsys.nn.item_tables import ItemTables
 from recsys.nn.nested import set_cross_size_grad, sliced_state_dict, truncate_ladder, validate_ladder
 from recsys.nn.projector import Projector
@@ -173,7 +174,7 @@ class MatryoshkaRecModel(nn.Module):
         )
         in_features = sum(self.feature_dims.values()) + len(self.categorical) * config.categorical_dim
         self.projector = Projector(backbone_ladder, in_features, config.projector_hidden)
-        self.input_dropout = nn.Dropout(config.backbone.dropout)
+        self.input_dropout = Dropout(config.backbone.dropout)
         self.backbone = build_backbone(config.backbone, config.width)
         self.register_buffer("item_ids", torch.arange(num_items + 1), persistent=False)
         set_cross_size_grad(self, config.cross_size_grad)

@@ -297,6 +297,16 @@ RECIPES: dict[str, Recipe] = {
             "the default with the title rows fine-tuned at 1/20 of the learning rate (1/10)",
         ),
         Recipe(
+            "default_epochs_30_full",
+            ("trainer.max_epochs=30", "trainer.patience=0"),
+            "the default on a 30-epoch cosine schedule run to its end (no early stopping)",
+        ),
+        Recipe(
+            "default_epochs_50_full",
+            ("trainer.patience=0",),
+            "the default's 50-epoch cosine schedule run to its end (no early stopping)",
+        ),
+        Recipe(
             "cross_grad_0",
             _on(_ID_TABLE, "loss.cross_size_grad=0", "model.cross_size_grad=0"),
             "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",

@@ -18,6 +18,7 @@ LEVER_TEXT = {
     "triangular": "block-triangular pieces -> one masked dense GEMM per nested linear",
     "cpu_scan": "step-by-step scan on CPU -> recursive doubling",
     "loss_chunks": "loss logits in chunks of half the CPU cache -> 256 MiB chunks",
+    "fast_dropout": "dropout mask from 16-bit words (4 per random draw) -> torch's Bernoulli per element",
     # measured once (benchmarks/results/speed_levers.md), then removed for showing no gain
     "allocator": "glibc keeps freed blocks -> default mmap/munmap per large tensor",
 }

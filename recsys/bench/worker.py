@@ -150,7 +150,7 @@ def tree_defaults(tree: str | None) -> dict:
 
 #: ``recsys-bench speed --ablate``: each lever of the training step, and how to turn it off in THIS
 #: tree (never used against another tree)
-LEVERS = ("bf16", "fused_adamw", "packing", "triangular", "cpu_scan", "loss_chunks")
+LEVERS = ("bf16", "fused_adamw", "packing", "triangular", "cpu_scan", "loss_chunks", "fast_dropout")
 
 
 def turn_off(lever: str, p: dict) -> None:
@@ -177,6 +177,12 @@ def turn_off(lever: str, p: dict) -> None:
         from recsys.losses import matryoshka
 
         matryoshka.cpu_budget_bytes = lambda: matryoshka.DEFAULT_BUDGET_BYTES
+    elif lever == "fast_dropout":  # torch's own dropout (one Bernoulli draw per element)
+        from torch import nn
+
+        from recsys.nn.dropout import Dropout
+
+        Dropout.forward = nn.Dropout.forward
     else:
         raise ValueError(f"unknown lever {lever!r}; known: {LEVERS}")
 

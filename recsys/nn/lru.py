@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.nn.backbone import Backbone, BackboneConfig, is_int, is_real, register_backbone
+from recsys.nn.dropout import Dropout
 from recsys.nn.nested import NestedGatedFFN, NestedLayerNorm, NestedLinear
 
 #: elements of one (rows, L, D) temporary of LRU.forward_last_items (complex64: 8 MiB)
@@ -275,7 +276,7 @@ class LRUBlock(nn.Module):
         self.lru = LRU(ladder, r_min, r_max)
         self.norm2 = NestedLayerNorm(ladder)
         self.ffn = NestedGatedFFN(ladder, ffn_multiplier, dropout)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), pad_mask (B, L) -> (B, L, D)."""

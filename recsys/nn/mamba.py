@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.nn.backbone import Backbone, BackboneConfig, is_int, register_backbone
+from recsys.nn.dropout import Dropout
 from recsys.nn.lru import linear_scan
 from recsys.nn.nested import NestedGatedFFN, NestedLayerNorm, NestedLinear
 
@@ -314,7 +315,7 @@ class MambaBlock(nn.Module):
         ladder = config.ladder
         self.norm1 = NestedLayerNorm(ladder)
         self.mixer = NestedMamba(ladder, config.d_state, config.d_conv, config.expand, config.dt_rank)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         if config.ffn:
             self.norm2 = NestedLayerNorm(ladder)
             self.ffn = NestedGatedFFN(ladder, config.ffn_multiplier, config.dropout)

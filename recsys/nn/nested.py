@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys.nn.dropout import Dropout
+
 
 def validate_ladder(ladder: Sequence[int]) -> tuple[int, ...]:
     """Return the ladder as a tuple; ValueError unless it is non-empty, positive, strictly increasing."""
@@ -360,7 +362,7 @@ class NestedGatedFFN(nn.Module):
         self.gate = NestedLinear(ladder, k_in=1, k_out=multiplier)
         self.up = NestedLinear(ladder, k_in=1, k_out=multiplier)
         self.down = NestedLinear(ladder, k_in=multiplier, k_out=1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = F.silu(self.gate(x)) * self.up(x)  # (..., k*D), chunk j at [k*s_{j-1}:k*s_j]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.nn.backbone import Backbone, BackboneConfig, is_int, register_backbone
+from recsys.nn.dropout import Dropout
 
 
 @dataclass
@@ -66,10 +67,10 @@ class SASRecBlock(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(width, ffn_multiplier * width),
             nn.GELU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(ffn_multiplier * width, width),
         )
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """x (B, L, D), allowed (B, 1, L, L) bool (True = query may read key) -> (B, L, D)."""
@@ -107,7 +108,7 @@ class SASRecBackbone(Backbone):
         width = config.width
         self.positions = nn.Embedding(config.max_len, width)
         nn.init.normal_(self.positions.weight, std=0.02)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(
             SASRecBlock(width, config.heads, config.ffn_multiplier, config.dropout)
             for _ in range(config.num_blocks)

@@ -152,11 +152,18 @@ def test_ablation_turns_each_lever_off_in_its_own_process_and_reports_the_ratio(
     monkeypatch.setattr(matryoshka, "cpu_budget_bytes", matryoshka.cpu_budget_bytes)  # restored after
     load_worker().turn_off("loss_chunks", p)
     assert matryoshka.loss_budget_bytes(torch.device("cpu"), None) == 1 << 28
+    from torch import nn
+
+    from recsys.nn.dropout import Dropout
+
+    monkeypatch.setattr(Dropout, "forward", Dropout.forward)  # restored after
+    load_worker().turn_off("fast_dropout", p)
+    assert Dropout.forward is nn.Dropout.forward
     with pytest.raises(ValueError, match="unknown lever"):
         load_worker().turn_off("magic", p)
     runs = [
         {"repeat": 0, "config": c.name, "tree": "this tree", "result": {**results[None], "step_seconds": [s]}}
-        for c, s in zip(cfgs, [1.0, 2.0, 1.5, 1.0, 1.2, 1.1, 1.3])
+        for c, s in zip(cfgs, [1.0, 2.0, 1.5, 1.0, 1.2, 1.1, 1.3, 1.1])
     ]
     ratios = suites.ablation_ratios(runs, cfgs)
     assert ratios["bf16"]["median"] == 2.0 and set(ratios) == set(load_worker().LEVERS)
