@@ -21,6 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 CONFIG_DIR = str(Path(__file__).resolve().parent / "configs")
 BUILTIN_DATASETS = ("ml-100k", "ml-1m")
 KNOWN_DATASETS = (*BUILTIN_DATASETS, "amazon", "generic")
+SELECTIONS = ("best", "last")  # trainer.select: which weights test, export and serving get
 
 
 @dataclass
@@ -161,6 +162,10 @@ class TrainerSchema:
     monitor_size: int | None = None  # None = the largest size
     # true: select and stop on the mean of `monitor` over every trained size (monitor_size unused)
     monitor_mean: bool = False
+    # which weights test, export and serving get (checkpoints/best.pt): best = the best validation
+    # checkpoint; last = the weights training stopped with (early stopping still decides when), as
+    # Keras' EarlyStopping without restore_best_weights
+    select: str = "best"
     log_every_n_steps: int = 10
     progress: bool = True
     stop_after_steps: int = 0  # > 0: save a checkpoint and exit after this many steps (simulated kill)
@@ -316,6 +321,8 @@ def validate(cfg: DictConfig) -> None:
             f"trainer.monitor_mean=true selects on the mean over all sizes; trainer.monitor_size="
             f"{cfg.trainer.monitor_size} would be ignored: set one of them"
         )
+    if cfg.trainer.get("select", "best") not in SELECTIONS:
+        raise ValueError(f"trainer.select must be one of {list(SELECTIONS)}, got {cfg.trainer.select!r}")
     if cfg.trainer.monitor_size is not None and cfg.trainer.monitor_size not in sizes:
         raise ValueError(
             f"trainer.monitor_size={cfg.trainer.monitor_size} is not a trained size {list(sizes)}"
@@ -418,6 +425,7 @@ RESUME_FREE_KEYS = (
     "trainer.log_every_n_steps",
     "trainer.stop_after_steps",
     "trainer.max_minutes",
+    "trainer.select",  # which checkpoint is tested and exported, not what is trained
     "eval.batch_size",
 )
 
@@ -448,6 +456,7 @@ ADDED_KEY_DEFAULTS = {
     ("trainer", "ema_decay"): 0.0,
     ("trainer", "feature_lr_scale"): 1.0,
     ("trainer", "monitor_mean"): False,
+    ("trainer", "select"): "best",
 }
 
 

@@ -117,13 +117,20 @@ def run(
         reason = trainer.fit()
         log.info("training stopped: %s after %d steps", reason, trainer.step)
         results = None
+        if reason != "stop_after_steps":
+            trainer.keep_selected()
         if reason != "stop_after_steps" and cfg.test_at_end:
             results = trainer.test_best()
             if env.is_main:
                 stopper = trainer.early_stopping
                 protocol = "unseen items only" if stopper.monitor.startswith("unseen/") else "all items"
+                rule = (
+                    f"the last step {trainer.step} (trainer.select=last; best validation at step {stopper.best_step}"
+                    if cfg.trainer.get("select", "best") == "last"
+                    else f"the best step {stopper.best_step} (selected"
+                )
                 title = (
-                    f"test metrics per size at the best step {stopper.best_step} (selected on validation "
+                    f"test metrics per size at {rule} on validation "
                     f"{stopper.monitor} at {stopper.label}, {protocol}); unseen/ = items the user has already "
                     "seen left out of the ranking, as serving does; every metric in metrics.json"
                 )

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from recsys.training.checkpoint import (
 from recsys.training.distributed import (
     all_reduce_accumulator,
     all_reduce_sum,
+    barrier,
     clip_grad_norm_global,
     init_distributed,
     local_shard,
@@ -467,20 +469,42 @@ class Trainer:
             self.seconds_before, self._fit_started = self.train_seconds(), None  # the clock stops with fit
 
     # ------------------------------------------------------------------ end of run
+    def keep_selected(self) -> None:
+        """``trainer.select=last``: the checkpoint training stopped with (``last.pt``) becomes ``best.pt``,
+        the one test, ``recsys-export`` and ``recsys-eval`` read by default; ``best`` leaves the best
+        validation checkpoint there. Call once training has ended (not after ``stop_after_steps``)."""
+        if self.cfg.trainer.get("select", "best") != "last":
+            return
+        last = self.ckpt_dir / "last.pt"
+        if self.env.is_main:
+            if not last.is_file():
+                raise FileNotFoundError(f"trainer.select=last: {last} is missing")
+            staged = last.with_name("best.pt.tmp")
+            shutil.copyfile(last, staged)
+            staged.replace(self.ckpt_dir / "best.pt")  # atomic: best.pt is never half-written
+        barrier(self.env)
+
     def test_best(self) -> dict[str, SizeMetrics]:
-        """Evaluate the best checkpoint on validation and (once) on test; write metrics.json + plot."""
+        """Evaluate the selected checkpoint (``best.pt``: the best validation one, or with
+        ``trainer.select=last`` the last, see :meth:`keep_selected`) on validation and (once) on test;
+        write metrics.json + plot."""
         best = self.ckpt_dir / "best.pt"
         if not best.is_file():
             raise FileNotFoundError(
                 f"{best} is missing: there is no best checkpoint to test (it is written at the first validation). "
                 f"Restore it, or evaluate another checkpoint with recsys-eval run_dir={self.run_dir} checkpoint=last"
             )
-        load_model_state(self.model, load_checkpoint(best, map_location=self.device)["model"], self.env)
+        selected = load_checkpoint(best, map_location=self.device)
+        load_model_state(self.model, selected["model"], self.env)
+        selection = self.cfg.trainer.get("select", "best")
+        stopper = self.early_stopping
+        selected_step = (
+            int(selected.get("step", stopper.best_step)) if selection == "last" else stopper.best_step
+        )
         results = {"validation": self.evaluate("validation"), "test": self.evaluate("test")}
         self.tb.log_eval("test", self.step, results["test"])
         if not self.env.is_main:
             return results
-        stopper = self.early_stopping
         write_json_atomic(
             self.run_dir / "metrics.json",
             {
@@ -492,11 +516,15 @@ class Trainer:
                 "cold_targets": self.dataset.cold_targets,
                 "cold_targets_dropped": {s: self.dataset.split(s).dropped for s in results},
                 "monitor": f"{stopper.monitor}@{stopper.label}",
-                "best_step": stopper.best_step,
+                # the tested checkpoint: "best" = the best validation one, "last" = where training stopped
+                "selection": selection,
+                "best_step": selected_step,
+                "best_validation_step": stopper.best_step,
                 "best_validation_value": stopper.best_value,
-                # wall seconds of training + validation: until the best checkpoint's validation, and in all
+                # wall seconds of training + validation: until the tested checkpoint's validation, and in all
                 "best_seconds": next(
-                    (v.get("seconds") for v in self.val_history if v["step"] == stopper.best_step), None
+                    (v.get("seconds") for v in self.val_history if v["step"] == selected_step),
+                    round(self.train_seconds(), 3) if selection == "last" else None,
                 ),
                 "train_seconds": round(self.train_seconds(), 3),
                 "validation": jsonable_metrics(results["validation"]),

@@ -87,6 +87,43 @@ def test_recsys_eval_of_the_best_checkpoint_reproduces_the_test_metrics(processe
     assert written["metrics"] == json.loads((out["run_dir"] / "metrics.json").read_text())["test"]
 
 
+def test_select_last_tests_exports_and_evaluates_the_weights_training_stopped_with(
+    processed_dataset, tmp_path, capsys
+):
+    common = ["trainer.max_epochs=3", "trainer.val_every_n_steps=2", "trainer.patience=0"]
+    out = run(tiny_cfg(processed_dataset, *common, "trainer.select=last"), tmp_path / "last")
+    ckpts = out["run_dir"] / "checkpoints"
+    metrics = json.loads((out["run_dir"] / "metrics.json").read_text())
+    trainer = out["trainer"]
+    assert metrics["selection"] == "last" and metrics["best_step"] == trainer.step
+    assert metrics["best_validation_step"] == trainer.early_stopping.best_step
+    assert metrics["best_seconds"] is not None
+    best = torch.load(ckpts / "best.pt", weights_only=True)
+    last = torch.load(ckpts / "last.pt", weights_only=True)
+    assert best["step"] == last["step"] == trainer.step
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    # what recsys-eval (and recsys-export) read by default is what was tested
+    eval_main([f"run_dir={out['run_dir']}", "split=test", "checkpoint=last"])
+    assert "test metrics of" in capsys.readouterr().out
+    assert json.loads((out["run_dir"] / "eval_test_last.json").read_text())["metrics"] == metrics["test"]
+    # the default keeps the best validation checkpoint, which is an earlier one here or the same
+    out_best = run(tiny_cfg(processed_dataset, *common), tmp_path / "best")
+    metrics_best = json.loads((out_best["run_dir"] / "metrics.json").read_text())
+    assert metrics_best["selection"] == "best"
+    assert (
+        metrics_best["best_step"] == metrics_best["best_validation_step"] == metrics["best_validation_step"]
+    )
+    assert (
+        torch.load(out_best["run_dir"] / "checkpoints" / "best.pt", weights_only=True)["step"]
+        == (metrics_best["best_step"])
+    )
+
+
+def test_select_must_be_best_or_last(processed_dataset, tmp_path):
+    with pytest.raises(ValueError, match="trainer.select must be one of"):
+        run(tiny_cfg(processed_dataset, "trainer.select=worst"), tmp_path / "run")
+
+
 def test_early_stopping_stops_when_the_metric_stalls(processed_dataset, tmp_path):
     cfg = tiny_cfg(
         processed_dataset, "trainer.max_epochs=10", "trainer.patience=2", "trainer.optimizer.lr=1e-12"
