@@ -199,6 +199,9 @@ class RunSchema:
     # keys (e.g. trainer.max_epochs) that may differ from the checkpointed run's config on resume
     resume_allow_changes: list[str] = field(default_factory=list)
     test_at_end: bool = True
+    # true: train nothing; test a finished run (run_dir) again, e.g. under another trainer.select,
+    # from its last checkpoint's state (the training config must equal the run's)
+    retest: bool = False
 
 
 def register_schemas() -> None:
@@ -419,6 +422,7 @@ RESUME_FREE_KEYS = (
     "resume_allow_changes",
     "run_dir",
     "test_at_end",
+    "retest",
     "data.path",
     "data.prepare_if_missing",
     "trainer.progress",

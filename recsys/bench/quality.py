@@ -307,6 +307,11 @@ RECIPES: dict[str, Recipe] = {
             "the default's 50-epoch cosine schedule run to its end (no early stopping)",
         ),
         Recipe(
+            "default_select_last",
+            ("trainer.select=last",),
+            "the default, testing the weights training stopped with (patience 10 after the best validation) instead of the best validation checkpoint",
+        ),
+        Recipe(
             "cross_grad_0",
             _on(_ID_TABLE, "loss.cross_size_grad=0", "model.cross_size_grad=0"),
             "scores and nested layers: the dims a size adds trained by its loss alone (larger sizes stack on top)",
@@ -369,7 +374,7 @@ def resolved_config(spec: RunSpec) -> dict[str, Any]:
 
 # Keys that say where a run lives or how it was started, not what it trains: a run folder moved or
 # named by another path (relative vs absolute), or a run resumed after a kill, is still the same run.
-_LOCATION_KEYS = frozenset({"run_dir", "resume"})
+_LOCATION_KEYS = frozenset({"run_dir", "resume", "retest"})
 
 
 def _has_checkpoint(directory: Path) -> bool:
@@ -423,6 +428,8 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
         if not stale and finished:
             log(f"  reuse {spec.directory}")
             return json.loads(metrics_path.read_text())
+        if stale == ["trainer.select"] and finished:  # the same training, another checkpoint tested
+            return _retest(spec, cmd, threads, log)
         if stale:
             moved = spec.directory.with_name(spec.directory.name + ".stale")
             if moved.exists():
@@ -448,6 +455,19 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
         )
     )
     return json.loads(metrics_path.read_text())
+
+
+def _retest(spec: RunSpec, cmd: list[str], threads: int, log) -> dict[str, Any]:
+    """Test a finished run again under the recipe's ``trainer.select`` (``retest=true``): no training."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    log(f"  retest {spec.recipe.name}/{spec.mode}/seed{spec.seed} (only trainer.select differs)")
+    with open(spec.directory / "bench_stdout.log", "a") as out:
+        proc = subprocess.run([*cmd, "retest=true"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = (spec.directory / "bench_stdout.log").read_text()[-3000:]
+        raise RuntimeError(f"retest failed ({proc.returncode}): {shlex.join(cmd)} retest=true\n{tail}")
+    return json.loads((spec.directory / "metrics.json").read_text())
 
 
 def run_times(metrics: dict[str, Any], directory: Path) -> tuple[float, float]:

@@ -44,7 +44,7 @@ def size_config(cfg: DictConfig, d: int) -> DictConfig:
 
 
 # reasons a size's run ended after which it is complete (max_minutes: complete for that budget only)
-_FINISHED = ("max_epochs", "early_stopping")
+_FINISHED = ("max_epochs", "early_stopping", "retest")  # retest: a finished run tested again
 DONE_FILE = "independent.json"  # dNNNN/ marker: the size's run ended and was tested
 
 

@@ -104,6 +104,8 @@ def run(
     ``search_siblings``: see :func:`resolve_resume` (True only for Hydra's default run directory).
     """
     env = init_distributed(cfg.trainer.device)
+    if cfg.get("retest", False):
+        return retest(cfg, Path(run_dir), dataset)
     run_dir, resume_ckpt = broadcast_object(resolve_resume(cfg, Path(run_dir), search_siblings), env)
     if resume_ckpt is not None:
         check_resumable(cfg, run_dir, resume_ckpt)  # raises before config.yaml or anything else is touched
@@ -138,3 +140,27 @@ def run(
     finally:
         trainer.tb.close()
     return {"reason": reason, "trainer": trainer, "results": results, "run_dir": run_dir}
+
+
+def retest(cfg: DictConfig, run_dir: Path, dataset: SequenceDataset | None = None) -> dict[str, Any]:
+    """Test a finished run again without training (``retest=true``): its state at ``last.pt`` is
+    restored, ``trainer.select`` picks the checkpoint (:meth:`Trainer.keep_selected`) and metrics.json
+    is rewritten. ``cfg`` may differ from the run's config only where a resume may
+    (``RESUME_FREE_KEYS``, ``trainer.select`` among them). ``select=best`` after ``select=last`` needs
+    the validation-best checkpoint that ``keep_selected`` set aside (``best_validation.pt``)."""
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.is_file() or not (run_dir / "metrics.json").is_file():
+        raise FileNotFoundError(
+            f"retest=true: {run_dir} holds no finished run (checkpoints/last.pt and metrics.json); train it first"
+        )
+    check_resumable(cfg, run_dir, ckpt)
+    trainer = Trainer(cfg, run_dir, dataset)
+    trainer.resume_from(ckpt)
+    try:
+        trainer.keep_selected()
+        results = trainer.test_best() if cfg.test_at_end else None
+        if trainer.env.is_main:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    finally:
+        trainer.tb.close()
+    return {"reason": "retest", "trainer": trainer, "results": results, "run_dir": run_dir}

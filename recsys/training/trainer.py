@@ -470,18 +470,30 @@ class Trainer:
 
     # ------------------------------------------------------------------ end of run
     def keep_selected(self) -> None:
-        """``trainer.select=last``: the checkpoint training stopped with (``last.pt``) becomes ``best.pt``,
-        the one test, ``recsys-export`` and ``recsys-eval`` read by default; ``best`` leaves the best
-        validation checkpoint there. Call once training has ended (not after ``stop_after_steps``)."""
-        if self.cfg.trainer.get("select", "best") != "last":
-            return
-        last = self.ckpt_dir / "last.pt"
-        if self.env.is_main:
-            if not last.is_file():
-                raise FileNotFoundError(f"trainer.select=last: {last} is missing")
-            staged = last.with_name("best.pt.tmp")
-            shutil.copyfile(last, staged)
-            staged.replace(self.ckpt_dir / "best.pt")  # atomic: best.pt is never half-written
+        """Put the checkpoint ``trainer.select`` picks at ``best.pt``, the one test, ``recsys-export``
+        and ``recsys-eval`` read by default. ``last``: a copy of ``last.pt`` (the weights training
+        stopped with); the best validation checkpoint moves to ``best_validation.pt``. ``best``: the best
+        validation checkpoint (already there, or moved back from ``best_validation.pt`` when the run was
+        tested with ``last`` before, see ``retest``). Call once training has ended."""
+        select = self.cfg.trainer.get("select", "best")
+        best, aside = self.ckpt_dir / "best.pt", self.ckpt_dir / "best_validation.pt"
+        if self.env.is_main and (select == "last" or aside.is_file()):
+            best_step = self.early_stopping.best_step
+
+            def step_of(path: Path) -> int | None:
+                return int(load_checkpoint(path).get("step", -1)) if path.is_file() else None
+
+            if select == "last":
+                last = self.ckpt_dir / "last.pt"
+                if not last.is_file():
+                    raise FileNotFoundError(f"trainer.select=last: {last} is missing")
+                if step_of(best) == best_step:
+                    best.replace(aside)  # the best validation checkpoint, kept for select=best
+                staged = best.with_name("best.pt.tmp")
+                shutil.copyfile(last, staged)
+                staged.replace(best)  # atomic: best.pt is never half-written
+            elif step_of(best) != best_step and step_of(aside) == best_step:
+                aside.replace(best)
         barrier(self.env)
 
     def test_best(self) -> dict[str, SizeMetrics]:

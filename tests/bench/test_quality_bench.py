@@ -134,3 +134,43 @@ def test_a_quick_check_never_overwrites_the_full_suites_results():
     assert quality.result_stem(quality.parse_args([])) == "quality"
     assert quality.result_stem(quality.parse_args(["--quick"])) == "quality_quick"
     assert quality.result_stem(quality.parse_args(["--quick", "--name", "mine"])) == "mine"
+
+
+def test_a_recipe_that_changes_only_the_selection_retests_the_runs_without_training(tmp_path, capsys):
+    import torch
+
+    dataset = write_processed_dataset(tmp_path / "dataset")
+    argv = [
+        "quality",
+        "--experiment", "tiny",
+        "--seeds", "1",
+        "--modes", "nested", "independent",
+        "--runs", str(tmp_path / "runs"),
+        "--out", str(tmp_path / "out"),
+        "--set", "data.name=generic", f"data.path={dataset}", "trainer.max_epochs=2",
+        "trainer.val_every_n_steps=2", "trainer.patience=0",
+    ]  # fmt: skip
+    cli.main(argv)
+    nested = tmp_path / "runs" / "tiny" / "default" / "nested" / "seed1"
+    first = json.loads((nested / "metrics.json").read_text())
+    assert first["selection"] == "best" and first["best_step"] == first["best_validation_step"]
+    last_step = torch.load(nested / "checkpoints" / "last.pt", weights_only=True)["step"]
+    capsys.readouterr()
+    cli.main([*argv, "trainer.select=last"])
+    out = capsys.readouterr().out
+    assert out.count("  retest ") == 2 and "  run " not in out  # nested and independent, nothing trained
+    again = json.loads((nested / "metrics.json").read_text())
+    assert again["selection"] == "last" and again["best_step"] == last_step
+    assert again["best_validation_step"] == first["best_validation_step"]
+    # the same training, tested again (its clock as last.pt recorded it, before the final save)
+    assert abs(again["train_seconds"] - first["train_seconds"]) < 1.0
+    assert (nested / "checkpoints" / "best_validation.pt").is_file()
+    sub = json.loads((nested.parent.parent / "independent" / "seed1" / "d0016" / "metrics.json").read_text())
+    assert sub["selection"] == "last"
+    # and back: the best validation checkpoint comes back to best.pt, the first figures with it
+    capsys.readouterr()
+    cli.main(argv)
+    assert capsys.readouterr().out.count("  retest ") == 2
+    back = json.loads((nested / "metrics.json").read_text())
+    assert back["selection"] == "best" and back["test"] == first["test"]
+    assert torch.load(nested / "checkpoints" / "best.pt", weights_only=True)["step"] == first["best_step"]
