@@ -396,6 +396,13 @@ def _stale_keys(expected: dict[str, Any], saved: Any, prefix: str = "") -> list[
     return out
 
 
+def _run_env(threads: int) -> dict[str, str]:
+    """Environment of a run's process: ``threads`` BLAS/OpenMP threads, this tree first on the path."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict[str, Any]:
     """Train (or reuse) one run; return its metrics.json.
 
@@ -440,8 +447,7 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
     if resumable:
         cmd.append("resume=true")
     spec.directory.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = _run_env(threads)
     log(f"  {'resume' if resumable else 'run  '} {spec.recipe.name}/{spec.mode}/seed{spec.seed}")
     start = time.perf_counter()
     with open(spec.directory / "bench_stdout.log", "a" if resumable else "w") as out:
@@ -459,8 +465,7 @@ def _run_one(spec: RunSpec, threads: int, log, expected: dict[str, Any]) -> dict
 
 def _retest(spec: RunSpec, cmd: list[str], threads: int, log) -> dict[str, Any]:
     """Test a finished run again under the recipe's ``trainer.select`` (``retest=true``): no training."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = _run_env(threads)
     log(f"  retest {spec.recipe.name}/{spec.mode}/seed{spec.seed} (only trainer.select differs)")
     with open(spec.directory / "bench_stdout.log", "a") as out:
         proc = subprocess.run([*cmd, "retest=true"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -16,6 +16,8 @@ probability, so ``E[dropout(x)] = x`` exactly, as with ``torch.nn.functional.dro
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,9 +30,7 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tens
     """(bool mask of ``shape``, True with probability ``1 - p_q``; ``1 / (1 - p_q)``) on the CPU,
     ``p_q = round(p * 2**16) / 2**16``, from torch's default CPU generator."""
     dropped_levels = round(p * _WORD_LEVELS)
-    numel = 1
-    for size in shape:
-        numel *= size
+    numel = math.prod(shape)
     words = torch.empty(-(-numel // _WORDS_PER_DRAW), dtype=torch.int64).random_(-(1 << 63), None)
     threshold = -(_WORD_LEVELS // 2) + dropped_levels  # int16 words are uniform on [-32768, 32767]
     keep = words.view(torch.int16)[:numel].view(shape) >= threshold

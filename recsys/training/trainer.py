@@ -510,9 +510,7 @@ class Trainer:
         load_model_state(self.model, selected["model"], self.env)
         selection = self.cfg.trainer.get("select", "best")
         stopper = self.early_stopping
-        selected_step = (
-            int(selected.get("step", stopper.best_step)) if selection == "last" else stopper.best_step
-        )
+        selected_step = int(selected.get("step", stopper.best_step))  # best: stopper.best_step itself
         results = {"validation": self.evaluate("validation"), "test": self.evaluate("test")}
         self.tb.log_eval("test", self.step, results["test"])
         if not self.env.is_main:
